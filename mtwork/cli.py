@@ -1,0 +1,197 @@
+"""The ``mtwork`` console script: one subcommand per arrow of the data flow.
+
+    mtwork generate           SynthDrive -> data/synthdrive/<domain>/ (BDD100K layout)
+    mtwork data check         validate a BDD100K-layout dataset (exit 1 on problems)
+    mtwork pretrain moco_v2   embedded MoCo v2 on unlabeled images -> upstream-format checkpoint
+    mtwork import-checkpoint  upstream checkpoint -> models/pretrained/<source>.pt (+ provenance)
+    mtwork train              one run: adapt/finetune stages -> models/runs/<run>/final.pt
+    mtwork evaluate           a trained run on a domain's val split -> results/metrics/...json
+    mtwork tables             metrics -> results/tables/*.md|.tex|.csv and results/figures/*.png
+
+Snakemake rules and DVC stages call these and nothing else. Imports are lazy so ``--help`` is fast.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Sequence
+
+
+def _add_params(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", default="params.yaml", type=Path, help="parameter file (default: params.yaml)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a parameter, e.g. --set train.epochs=3 (repeatable; value parsed as YAML)",
+    )
+
+
+def _params(args: argparse.Namespace):
+    from mtwork.config import load_params
+
+    return load_params(args.params, args.overrides)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from mtwork.data.synthdrive import generate_synthdrive
+
+    syn = _params(args)["data"]["synthdrive"]
+    generate_synthdrive(
+        args.out,
+        domain=args.domain,
+        seed=syn["seed"] if args.seed is None else args.seed,
+        image_size=tuple(syn["image_size"]),
+        counts=syn["counts"],
+        overlap=syn["overlap"],
+        progress=True,
+    )
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from mtwork.data.check import run_check_cli
+
+    if args.format != "bdd100k":
+        raise SystemExit(f"mtwork data check: unknown format '{args.format}' (known: bdd100k)")
+    return run_check_cli(args.root, json_out=args.json)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from mtwork.pretrain.moco import pretrain_moco_v2
+
+    params = _params(args)
+    cfg = params["checkpoints"]["moco_v2_pretrain"]
+    image_dirs = [args.data / "images" / "100k" / "train", args.data / "images" / "10k" / "train"]
+    pretrain_moco_v2(
+        [d for d in image_dirs if d.is_dir()],
+        args.out,
+        arch=params["model"]["backbone"],
+        epochs=cfg["epochs"],
+        batch_size=cfg["batch_size"],
+        crop=cfg["crop"],
+        queue_size=cfg["queue_size"],
+        momentum=cfg["momentum"],
+        temperature=cfg["temperature"],
+        lr=cfg["lr"],
+        dim=cfg["dim"],
+        seed=args.seed,
+        num_threads=args.threads,
+        progress=True,
+    )
+    return 0
+
+
+def cmd_import_checkpoint(args: argparse.Namespace) -> int:
+    from mtwork.checkpoints.importer import import_checkpoint
+
+    src = None if args.src in ("-", "none") else Path(args.src)
+    report = import_checkpoint(args.format, src, args.out, arch=args.arch, seed=args.seed)
+    print(report.to_text())
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mtwork.train import train_run
+
+    train_run(_params(args), args.run, data_root=args.data, checkpoint=args.checkpoint, out_dir=args.out)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from mtwork.evaluate import evaluate_run
+
+    evaluate_run(
+        _params(args), args.run_dir, data_root=args.data, out=args.out, protocol=args.protocol, domain=args.domain
+    )
+    return 0
+
+
+def cmd_tables(args: argparse.Namespace) -> int:
+    from mtwork.report.tables import write_tables
+
+    write_tables(_params(args), metrics_dir=args.metrics, runs_dir=args.runs, out_dir=args.out, figures_dir=args.figures)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mtwork", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="write a SynthDrive domain in the BDD100K layout")
+    _add_params(p)
+    p.add_argument("--domain", required=True, help="SynthDrive domain, e.g. clear_day, dusk_fog")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--seed", type=int, default=None, help="default: data.synthdrive.seed")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("data", help="dataset utilities")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    c = data_sub.add_parser("check", help="validate a dataset; exit 1 when problems are found")
+    c.add_argument("--format", default="bdd100k")
+    c.add_argument("root", type=Path)
+    c.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
+    c.set_defaults(func=cmd_data_check)
+
+    p = sub.add_parser("pretrain", help="embedded self-supervised pretraining on unlabeled images")
+    p.add_argument("method", choices=["moco_v2"])
+    _add_params(p)
+    p.add_argument("--data", required=True, type=Path, help="BDD100K-layout root whose train images are used")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("import-checkpoint", help="convert an upstream checkpoint to backbone weights + provenance")
+    p.add_argument("--format", required=True, help="upstream format (moco, torchvision, timm, random, ...)")
+    p.add_argument("--arch", default="resnet18", help="backbone architecture (timm name)")
+    p.add_argument("--seed", type=int, default=0, help="initialisation seed for --format random")
+    p.add_argument("src", help="upstream file ('-' for --format random)")
+    p.add_argument("out", type=Path)
+    p.set_defaults(func=cmd_import_checkpoint)
+
+    p = sub.add_parser("train", help="train one run (adapt and/or finetune stages)")
+    _add_params(p)
+    p.add_argument("--run", required=True, help="run id SOURCE__PARADIGM__TASKS__sSEED")
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--checkpoint", required=True, type=Path, help="converted backbone file")
+    p.add_argument("--out", required=True, type=Path, help="run directory")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a trained run on a domain's val split")
+    _add_params(p)
+    p.add_argument("--run-dir", required=True, type=Path)
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--protocol", default="mtl", choices=["mtl", "dg"])
+    p.add_argument("--domain", default=None)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("tables", help="render paper-style tables and figures")
+    _add_params(p)
+    p.add_argument("--metrics", default=Path("results/metrics"), type=Path)
+    p.add_argument("--runs", default=Path("models/runs"), type=Path)
+    p.add_argument("--out", default=Path("results/tables"), type=Path)
+    p.add_argument("--figures", default=Path("results/figures"), type=Path)
+    p.set_defaults(func=cmd_tables)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from mtwork.config import ParamsError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ParamsError, FileNotFoundError, ValueError, KeyError) as exc:
+        # Expected user errors: one clear line, no traceback.
+        print(f"mtwork {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

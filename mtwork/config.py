@@ -1,0 +1,233 @@
+"""params.yaml: loading, ``key=value`` overrides, the paper-scale switch, and validation.
+
+``load_params`` returns the *resolved* parameters as a plain nested dict: when ``scale`` is
+"paper", the ``paper:`` block is merged over the defaults. Every leaf is checked against
+``SCHEMA``; unknown keys (typos) and wrong types are errors that name the dotted key.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Dict, Iterable, Mapping
+
+import yaml
+
+SCALES = ("embedded", "paper")
+DATASETS = ("synthdrive", "bdd100k")
+TASK_NAMES = ("semseg", "drivable", "det")
+PARADIGMS = ("single_task", "pretrain_finetune", "pretrain_adapt_finetune")
+DEVICES = ("auto", "cpu", "cuda")
+
+_num = (int, float)
+_opt_str = (str, type(None))
+
+
+def _list_of(kind, choices=None):
+    return ("list", kind, choices)
+
+
+# Leaf spec: a type or tuple of types, or ("list", item_type, choices), or ("choice", values).
+SCHEMA: Dict[str, Any] = {
+    "scale": ("choice", SCALES),
+    "data": {
+        "dataset": ("choice", DATASETS),
+        "bdd100k_root": _opt_str,
+        "source_domain": str,
+        "dg_domains": _list_of(str),
+        "synthdrive": {
+            "seed": int,
+            "image_size": _list_of(int),
+            "overlap": _num,
+            "counts": {"det": {"train": int, "val": int}, "seg": {"train": int, "val": int}},
+        },
+    },
+    "checkpoints": {
+        "sources": _list_of(str),
+        "catalog": ("mapping", Mapping),  # entries checked in _check_semantics
+        "moco_v2_pretrain": {
+            "epochs": int,
+            "batch_size": int,
+            "crop": int,
+            "queue_size": int,
+            "momentum": _num,
+            "temperature": _num,
+            "lr": _num,
+            "dim": int,
+        },
+    },
+    "model": {
+        "backbone": str,
+        "fpn_channels": int,
+        "adapter_reduction": int,
+        "det": {"score_thresh": _num, "nms_iou": _num, "max_detections": int},
+    },
+    "train": {
+        "tasks": _list_of(str, TASK_NAMES),
+        "paradigms": _list_of(str, PARADIGMS),
+        "seeds": _list_of(int),
+        "epochs": int,
+        "adapt_epochs": int,
+        "batch_size": int,
+        "input_size": _list_of(int),
+        "lr": _num,
+        "weight_decay": _num,
+        "warmup_epochs": _num,
+        "loss_weights": ("mapping", _num),
+        "workers": int,
+        "device": ("choice", DEVICES),
+        "amp": bool,
+        "threads": int,
+    },
+    "evaluate": {"batch_size": int},
+}
+
+
+class ParamsError(ValueError):
+    """params.yaml (or an override) is invalid; the message names the dotted key."""
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> Dict[str, Any]:
+    """Recursively merge ``over`` into a copy of ``base`` (dicts merge, everything else replaces)."""
+    out = copy.deepcopy(dict(base))
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(text: str) -> Dict[str, Any]:
+    """``"train.epochs=3"`` -> ``{"train": {"epochs": 3}}`` (the value is parsed as YAML, like ``dvc exp run -S``)."""
+    if "=" not in text:
+        raise ParamsError(f"override '{text}' is not of the form key.path=value")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else None
+    node: Dict[str, Any] = {}
+    cursor = node
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        cursor = cursor.setdefault(part, {})
+    cursor[parts[-1]] = value
+    return node
+
+
+def _join(key: str, sub: str) -> str:
+    return f"{key}.{sub}" if key else sub
+
+
+def _check(value: Any, spec: Any, key: str) -> None:
+    if isinstance(spec, dict):
+        if not isinstance(value, Mapping):
+            raise ParamsError(f"'{key}' must be a mapping, got {type(value).__name__}")
+        for sub in value:
+            if sub not in spec:
+                raise ParamsError(f"unknown key '{_join(key, sub)}' (known: {', '.join(spec)})")
+        for sub, sub_spec in spec.items():
+            if sub not in value:
+                raise ParamsError(f"missing key '{_join(key, sub)}'")
+            _check(value[sub], sub_spec, _join(key, sub))
+        return
+    if isinstance(spec, tuple) and spec and spec[0] == "choice":
+        if value not in spec[1]:
+            raise ParamsError(f"'{key}' must be one of {list(spec[1])}, got {value!r}")
+        return
+    if isinstance(spec, tuple) and spec and spec[0] == "list":
+        if not isinstance(value, list):
+            raise ParamsError(f"'{key}' must be a list, got {value!r}")
+        for i, item in enumerate(value):
+            _check(item, spec[1], f"{key}[{i}]")
+            if spec[2] is not None and item not in spec[2]:
+                raise ParamsError(f"'{key}[{i}]' must be one of {list(spec[2])}, got {item!r}")
+        return
+    if isinstance(spec, tuple) and spec and spec[0] == "mapping":
+        if not isinstance(value, Mapping):
+            raise ParamsError(f"'{key}' must be a mapping, got {value!r}")
+        for sub, item in value.items():
+            _check(item, spec[1], _join(key, sub))
+        return
+    kinds = spec if isinstance(spec, tuple) else (spec,)
+    # bool is an int subclass: do not let `true` pass where a number is expected
+    if isinstance(value, bool) and bool not in kinds:
+        raise ParamsError(f"'{key}' must be {_kind_names(kinds)}, got {value!r}")
+    if not isinstance(value, kinds):
+        raise ParamsError(f"'{key}' must be {_kind_names(kinds)}, got {value!r}")
+
+
+def _kind_names(kinds) -> str:
+    return " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+
+
+def _check_semantics(p: Dict[str, Any]) -> None:
+    train, ckpt, data = p["train"], p["checkpoints"], p["data"]
+    if not 0 <= train["adapt_epochs"] < train["epochs"]:
+        raise ParamsError(
+            f"'train.adapt_epochs' must be in [0, train.epochs) = [0, {train['epochs']}), got {train['adapt_epochs']}"
+        )
+    for i, size_key in enumerate(("train.input_size", "data.synthdrive.image_size")):
+        section, *rest = size_key.split(".")
+        size = p[section]
+        for part in rest:
+            size = size[part]
+        if len(size) != 2 or any(s <= 0 for s in size):
+            raise ParamsError(f"'{size_key}' must be [H, W] with positive values, got {size}")
+    if any(s % 32 for s in train["input_size"]):
+        raise ParamsError(f"'train.input_size' must be multiples of 32 (the backbone's stride), got {train['input_size']}")
+    for task in train["loss_weights"]:
+        if task not in TASK_NAMES:
+            raise ParamsError(f"unknown task 'train.loss_weights.{task}' (known: {', '.join(TASK_NAMES)})")
+    for task in train["tasks"]:
+        if task not in train["loss_weights"]:
+            raise ParamsError(f"missing key 'train.loss_weights.{task}'")
+    for name, entry in ckpt["catalog"].items():
+        for sub in entry:
+            if sub not in ("format", "path"):
+                raise ParamsError(f"unknown key 'checkpoints.catalog.{name}.{sub}' (known: format, path)")
+        if not isinstance(entry.get("format"), str):
+            raise ParamsError(f"'checkpoints.catalog.{name}.format' must be a string, got {entry.get('format')!r}")
+        if not isinstance(entry.get("path"), _opt_str):
+            raise ParamsError(f"'checkpoints.catalog.{name}.path' must be a string or null, got {entry.get('path')!r}")
+    for i, source in enumerate(ckpt["sources"]):
+        if source not in ckpt["catalog"]:
+            raise ParamsError(
+                f"'checkpoints.sources[{i}]' = '{source}' is not in checkpoints.catalog "
+                f"(known: {', '.join(ckpt['catalog'])})"
+            )
+        entry = ckpt["catalog"][source]
+        if entry["format"] != "random" and not entry.get("path") and source != "moco_v2":
+            raise ParamsError(f"'checkpoints.catalog.{source}.path' is null: source '{source}' needs its weights file")
+        if p["scale"] == "paper" and entry["format"] != "random" and not entry.get("path"):
+            raise ParamsError(
+                f"'checkpoints.catalog.{source}.path' is null: at paper scale every source needs its upstream file"
+            )
+    if data["dataset"] == "bdd100k" and not data["bdd100k_root"]:
+        raise ParamsError("'data.bdd100k_root' is null: the bdd100k dataset needs the folder holding images/ and labels/")
+
+
+def resolve(raw: Mapping[str, Any], overrides: Iterable[str] = ()) -> Dict[str, Any]:
+    """Apply overrides, merge the paper block when scale is paper, and validate."""
+    params = copy.deepcopy(dict(raw))
+    for text in overrides:
+        params = deep_merge(params, parse_override(text))
+    paper = params.pop("paper", {}) or {}
+    if params.get("scale") == "paper":
+        params = deep_merge(params, paper)
+    _check(params, SCHEMA, "")
+    _check_semantics(params)
+    return params
+
+
+def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = ()) -> Dict[str, Any]:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"parameter file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, Mapping):
+        raise ParamsError(f"{path}: the top level must be a mapping")
+    try:
+        return resolve(raw, overrides)
+    except ParamsError as exc:
+        raise ParamsError(f"{path}: {exc}") from None

@@ -1,0 +1,62 @@
+"""Collation of samples with partial labels into one batch (layout documented in mtwork.tasks.base).
+
+Sample dict produced by a dataset (after its transform):
+    image:     (3,H,W) float32, normalised with IMAGENET_MEAN/STD
+    name:      str, image file name (e.g. "abc.jpg")
+    orig_size: (H0,W0) ints, size on disk
+    semseg:    (h,w) int64 train ids, 255 ignore           -- only when the image has a seg label
+    drivable:  (h,w) int64 0/1/2, 255 ignore               -- only when labeled
+    det:       {"boxes": (N,4) float32 xyxy px, "labels": (N,) int64 0..9}  -- only when labeled
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Sequence
+
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IGNORE_INDEX = 255
+MASK_TASKS = ("semseg", "drivable")
+BOX_TASKS = ("det",)
+
+
+def _pad_stack(masks: List[torch.Tensor | None], shape: tuple[int, int]) -> torch.Tensor:
+    """Stack (h,w) masks into (B,H,W), padding and filling absent ones with IGNORE_INDEX."""
+    out = torch.full((len(masks), *shape), IGNORE_INDEX, dtype=torch.long)
+    for i, mask in enumerate(masks):
+        if mask is not None:
+            out[i, : mask.shape[0], : mask.shape[1]] = mask
+    return out
+
+
+def collate(samples: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """Samples -> batch; every task key is present, with ``labeled[task]`` marking real labels."""
+    if not samples:
+        raise ValueError("cannot collate an empty list of samples")
+    images = torch.stack([s["image"] for s in samples])
+    batch: Dict[str, Any] = {
+        "image": images,
+        "names": [s["name"] for s in samples],
+        "orig_size": torch.tensor([list(s["orig_size"]) for s in samples], dtype=torch.long),
+        "labeled": {},
+    }
+    for task in MASK_TASKS:
+        masks = [s.get(task) for s in samples]
+        present = [m for m in masks if m is not None]
+        shape = (
+            max(m.shape[0] for m in present) if present else images.shape[-2],
+            max(m.shape[1] for m in present) if present else images.shape[-1],
+        )
+        batch[task] = _pad_stack(masks, shape)
+        batch["labeled"][task] = torch.tensor([m is not None for m in masks])
+    for task in BOX_TASKS:
+        targets = [s.get(task) for s in samples]
+        batch["labeled"][task] = torch.tensor([t is not None for t in targets])
+        batch[task] = [
+            t
+            if t is not None
+            else {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.long)}
+            for t in targets
+        ]
+    return batch

@@ -1,0 +1,119 @@
+"""The experiment plan: which runs exist for given params, their ids, and where each artefact lives.
+
+Snakemake rules, DVC stages and the table renderer all take paths and run ids from here, so a run
+is named in exactly one place. A run id encodes (checkpoint source, paradigm, tasks, seed):
+``moco_v2__pretrain_adapt_finetune__semseg-drivable-det__s0``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, List, Mapping, Tuple
+
+PROTOCOL_MTL = "mtl"
+PROTOCOL_DG = "dg"
+
+DATA_DIR = Path("data")
+MODELS_DIR = Path("models")
+RESULTS_DIR = Path("results")
+
+# The paradigm decides the stages and whether the multi-scale adapters exist at all.
+PARADIGM_METHOD = {
+    "single_task": "finetune",
+    "pretrain_finetune": "finetune",
+    "pretrain_adapt_finetune": "multiscale_adapter",
+}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    source: str
+    paradigm: str
+    tasks: Tuple[str, ...]
+    seed: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.source}__{self.paradigm}__{'-'.join(self.tasks)}__s{self.seed}"
+
+    @property
+    def method(self) -> str:
+        return PARADIGM_METHOD[self.paradigm]
+
+    def stages(self, epochs: int, adapt_epochs: int) -> List[Tuple[str, int]]:
+        """[(stage, epochs)]: adapt (backbone frozen) then finetune; the same total for every paradigm."""
+        if self.paradigm == "pretrain_adapt_finetune" and adapt_epochs > 0:
+            return [("adapt", adapt_epochs), ("finetune", epochs - adapt_epochs)]
+        return [("finetune", epochs)]
+
+
+def parse_run_id(run_id: str) -> RunSpec:
+    parts = run_id.split("__")
+    if len(parts) != 4 or not parts[3].startswith("s") or not parts[3][1:].isdigit():
+        raise ValueError(f"run id '{run_id}' is not of the form SOURCE__PARADIGM__TASK-TASK__sSEED")
+    source, paradigm, tasks, seed = parts
+    if paradigm not in PARADIGM_METHOD:
+        raise ValueError(f"run id '{run_id}': unknown paradigm '{paradigm}' (known: {', '.join(PARADIGM_METHOD)})")
+    return RunSpec(source, paradigm, tuple(tasks.split("-")), int(seed[1:]))
+
+
+def plan_runs(params: Mapping[str, Any]) -> List[RunSpec]:
+    """Every run the params ask for: single-task baselines per task, multi-task runs per paradigm."""
+    train = params["train"]
+    runs: List[RunSpec] = []
+    for source in params["checkpoints"]["sources"]:
+        for seed in train["seeds"]:
+            for paradigm in train["paradigms"]:
+                if paradigm == "single_task":
+                    runs.extend(RunSpec(source, paradigm, (task,), seed) for task in train["tasks"])
+                else:
+                    runs.append(RunSpec(source, paradigm, tuple(train["tasks"]), seed))
+    return runs
+
+
+def single_task_baseline(run: RunSpec, task: str) -> RunSpec:
+    """The single-task run a multi-task run's delta_m compares ``task`` against (same source and seed)."""
+    return RunSpec(run.source, "single_task", (task,), run.seed)
+
+
+# ---- paths -------------------------------------------------------------------------------------
+
+
+def synthdrive_root(domain: str) -> Path:
+    return DATA_DIR / "synthdrive" / domain
+
+
+def dataset_root(params: Mapping[str, Any], domain: str) -> Path:
+    """Where a domain's BDD100K-layout data lives: generated SynthDrive, or the user's BDD100K."""
+    data = params["data"]
+    if data["dataset"] == "bdd100k":
+        return Path(data["bdd100k_root"])
+    return synthdrive_root(domain)
+
+
+def data_check_path(domain: str) -> Path:
+    return DATA_DIR / "checks" / f"{domain}.json"
+
+
+def upstream_checkpoint_path(params: Mapping[str, Any], source: str) -> Path | None:
+    """The upstream-format file a source is imported from; None for random init."""
+    entry = params["checkpoints"]["catalog"][source]
+    if entry["format"] == "random":
+        return None
+    if entry.get("path"):
+        return Path(entry["path"])
+    return MODELS_DIR / "upstream" / f"{source}.pth.tar"  # made by the embedded pretraining
+
+
+def pretrained_path(source: str) -> Path:
+    return MODELS_DIR / "pretrained" / f"{source}.pt"
+
+
+def run_dir(run_id: str) -> Path:
+    return MODELS_DIR / "runs" / run_id
+
+
+def metrics_path(run_id: str, protocol: str = PROTOCOL_MTL, domain: str | None = None) -> Path:
+    if protocol == PROTOCOL_MTL:
+        return RESULTS_DIR / "metrics" / f"{run_id}.json"
+    return RESULTS_DIR / "metrics" / protocol / (domain or "") / f"{run_id}.json"
