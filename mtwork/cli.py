@@ -88,8 +88,21 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_import_checkpoint(args: argparse.Namespace) -> int:
     from mtwork.checkpoints.importer import import_checkpoint
 
-    src = None if args.src in ("-", "none") else Path(args.src)
-    report = import_checkpoint(args.format, src, args.out, arch=args.arch, seed=args.seed)
+    if args.source:
+        # Pipeline form: format, file and architecture come from params.yaml's checkpoint catalog.
+        from mtwork.plan import upstream_checkpoint_path
+
+        params = _params(args)
+        if args.source not in params["checkpoints"]["catalog"]:
+            raise KeyError(f"checkpoint source '{args.source}' is not in checkpoints.catalog of {args.params}")
+        fmt = params["checkpoints"]["catalog"][args.source]["format"]
+        src, arch, out = upstream_checkpoint_path(params, args.source), params["model"]["backbone"], Path(args.src)
+    else:
+        if args.format is None or args.out is None:
+            raise SystemExit("mtwork import-checkpoint: give --format FORMAT SRC OUT, or --source NAME OUT")
+        fmt, arch, out = args.format, args.arch, args.out
+        src = None if args.src in ("-", "none") else Path(args.src)
+    report = import_checkpoint(fmt, src, out, arch=arch, seed=args.seed)
     print(report.to_text())
     return 0
 
@@ -145,12 +158,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("import-checkpoint", help="convert an upstream checkpoint to backbone weights + provenance")
-    p.add_argument("--format", required=True, help="upstream format (moco, torchvision, timm, random, ...)")
+    p = sub.add_parser(
+        "import-checkpoint",
+        help="convert an upstream checkpoint to backbone weights + provenance",
+        description="Either `--format FORMAT [--arch A] SRC OUT`, or `--source NAME OUT` to take the format, "
+        "file and architecture from params.yaml's checkpoints.catalog.",
+    )
+    _add_params(p)
+    p.add_argument("--format", default=None, help="upstream format (moco, torchvision, timm, random, ...)")
+    p.add_argument("--source", default=None, help="a checkpoints.catalog entry of the params file")
     p.add_argument("--arch", default="resnet18", help="backbone architecture (timm name)")
     p.add_argument("--seed", type=int, default=0, help="initialisation seed for --format random")
-    p.add_argument("src", help="upstream file ('-' for --format random)")
-    p.add_argument("out", type=Path)
+    p.add_argument("src", help="upstream file ('-' for --format random); with --source: OUT")
+    p.add_argument("out", type=Path, nargs="?", default=None)
     p.set_defaults(func=cmd_import_checkpoint)
 
     p = sub.add_parser("train", help="train one run (adapt and/or finetune stages)")

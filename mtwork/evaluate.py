@@ -1,0 +1,146 @@
+"""Evaluation of a trained run on a domain's val split, and the multi-task delta_m.
+
+``evaluate_run`` writes one metrics JSON per (run, protocol, domain):
+    {"run", "protocol", "domain", "source", "paradigm", "tasks", "seed", "params_hash",
+     "metrics": {task: {metric: value}}, "train": {"seconds", "stage_seconds", "trainable_params",
+     "total_params"}, "val_images": {task: n}}
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Dict, Mapping
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from mtwork.io import write_json
+from mtwork.runtime import autocast, resolve_device, set_threads
+
+# delta_m compares one primary metric per task (named in every table caption).
+PRIMARY_METRIC = {"semseg": "miou", "drivable": "miou", "det": "map"}
+
+
+def delta_m(
+    metrics: Mapping[str, Mapping[str, float]],
+    baselines: Mapping[str, Mapping[str, float]],
+    higher_is_better: Mapping[str, bool],
+    primary: Mapping[str, str] = PRIMARY_METRIC,
+) -> float:
+    """Maninis et al. (2019): mean over tasks of (-1)^l_t (M_t - M_single,t) / M_single,t, in percent.
+
+    ``metrics[task][metric]`` is the multi-task model's value, ``baselines[task][metric]`` the
+    single-task run's; l_t = 1 when lower is better. Tasks absent from either side are an error,
+    since a silently shorter mean would not be comparable across rows.
+    """
+    terms = []
+    for task, metric in primary.items():
+        if task not in metrics:
+            continue
+        if task not in baselines:
+            raise KeyError(f"delta_m: no single-task baseline for task '{task}'")
+        m, b = float(metrics[task][metric]), float(baselines[task][metric])
+        if b == 0:
+            raise ZeroDivisionError(f"delta_m: single-task baseline of '{task}' {metric} is 0")
+        sign = 1.0 if higher_is_better[task] else -1.0
+        terms.append(sign * (m - b) / abs(b))
+    if not terms:
+        raise ValueError("delta_m: no task in common")
+    return 100.0 * sum(terms) / len(terms)
+
+
+def load_trained_model(run_dir: Path, device: torch.device):
+    """Rebuild a run's model from final.pt (its stored constructor arguments + weights)."""
+    from mtwork.models.multitask import build_multitask_model
+
+    path = Path(run_dir) / "final.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no trained model at {path}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    model = build_multitask_model(weights=None, **ckpt["model_config"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval(), ckpt
+
+
+def evaluate_run(
+    params: Mapping[str, Any],
+    run_dir: str | Path,
+    data_root: str | Path,
+    out: str | Path,
+    protocol: str = "mtl",
+    domain: str | None = None,
+) -> Dict[str, Any]:
+    from mtwork.data.batch import collate
+    from mtwork.data.bdd100k import BDD100KDataset
+    from mtwork.data.transforms import EvalTransform
+    from mtwork.tasks import TASKS
+    from mtwork.train import _to_device
+
+    run_dir = Path(run_dir)
+    set_threads(params["train"]["threads"])
+    device = resolve_device(params["train"]["device"])
+    model, ckpt = load_trained_model(run_dir, device)
+    config = ckpt["model_config"]
+    tasks = {t: TASKS.create(t, **config["task_kwargs"].get(t, {})) for t in config["tasks"]}
+    dataset = BDD100KDataset(data_root, "val", tasks=tuple(tasks), transform=EvalTransform(tuple(params["train"]["input_size"])))
+    if len(dataset) == 0:
+        raise ValueError(f"{data_root}: the val split has no images labeled for {', '.join(tasks)}")
+    loader = DataLoader(dataset, batch_size=params["evaluate"]["batch_size"], shuffle=False, collate_fn=collate)
+    evaluators = {t: task.evaluator() for t, task in tasks.items()}
+    for evaluator in evaluators.values():
+        evaluator.reset()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for batch in tqdm(loader, desc=f"evaluate {run_dir.name}", leave=False, dynamic_ncols=True):
+            batch = _to_device(batch, device)
+            with autocast(device, bool(params["train"]["amp"])):
+                outputs = model(batch["image"])
+            for t, evaluator in evaluators.items():
+                if bool(batch["labeled"][t].any()):
+                    evaluator.process(_float(outputs[t]), batch)
+    metrics = {t: ev.evaluate() for t, ev in evaluators.items()}
+    log_path = run_dir / "log.json"
+    log = _read_json(log_path) if log_path.is_file() else {}
+    record = {
+        "run": ckpt["run"],
+        "protocol": protocol,
+        "domain": domain or params["data"]["source_domain"],
+        "source": log.get("source"),
+        "paradigm": log.get("paradigm"),
+        "method": log.get("method"),
+        "tasks": config["tasks"],
+        "seed": log.get("seed"),
+        "params_hash": ckpt.get("params_hash"),
+        "metrics": metrics,
+        "higher_is_better": {t: {m.name: m.higher_is_better for m in task.metrics} for t, task in tasks.items()},
+        "train": {
+            "seconds": log.get("train_seconds"),
+            "stage_seconds": log.get("stage_seconds"),
+            "trainable_params": log.get("trainable_params"),
+            "total_params": log.get("total_params"),
+        },
+        "val_images": dataset.labeled_counts(),
+        "eval_seconds": time.perf_counter() - t0,
+    }
+    write_json(out, record)
+    summary = "; ".join(f"{t}: " + ", ".join(f"{k} {v:.2f}" for k, v in m.items() if isinstance(v, float) and "/" not in k) for t, m in metrics.items())
+    print(f"[mtwork evaluate] {ckpt['run']} ({protocol}, {record['domain']}): {summary}", flush=True)
+    return record
+
+
+def _float(outputs: Any) -> Any:
+    """Cast bf16 outputs back to float32 so metrics and decoding run in full precision."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.float()
+    if isinstance(outputs, dict):
+        return {k: _float(v) for k, v in outputs.items()}
+    if isinstance(outputs, (list, tuple)):
+        return type(outputs)(_float(v) for v in outputs)
+    return outputs
+
+
+def _read_json(path: Path) -> Dict[str, Any]:
+    import json
+
+    return json.loads(path.read_text())

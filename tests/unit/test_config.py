@@ -1,0 +1,73 @@
+"""params.yaml loading: overrides, the paper-scale switch, and errors that name the key."""
+from pathlib import Path
+
+import pytest
+
+from mtwork.config import ParamsError, load_params, parse_override
+
+ROOT = Path(__file__).resolve().parents[2]
+PARAMS = ROOT / "params.yaml"
+
+
+def test_default_params_load_and_are_embedded():
+    p = load_params(PARAMS)
+    assert p["scale"] == "embedded"
+    assert p["data"]["dataset"] == "synthdrive"
+    assert "paper" not in p  # the overrides block is consumed by resolution
+
+
+def test_override_parses_yaml_values():
+    assert parse_override("train.seeds=[0, 1]") == {"train": {"seeds": [0, 1]}}
+    p = load_params(PARAMS, ["train.epochs=3", "train.adapt_epochs=1"])
+    assert (p["train"]["epochs"], p["train"]["adapt_epochs"]) == (3, 1)
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.epoch=3", "train.epoch"),
+        ("train.lr=fast", "train.lr"),
+        ("train.amp=1", "train.amp"),
+        ("train.tasks=[semseg, lanes]", "train.tasks[1]"),
+        ("train.adapt_epochs=6", "train.adapt_epochs"),
+        ("train.input_size=[100, 224]", "train.input_size"),
+        ("checkpoints.sources=[random, dino]", "checkpoints.sources[1]"),
+        ("checkpoints.sources=[supervised_imagenet]", "checkpoints.catalog.supervised_imagenet.path"),
+        ("scale=huge", "scale"),
+    ],
+)
+def test_bad_values_name_the_key(override, key):
+    with pytest.raises(ParamsError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        load_params(PARAMS, [override])
+
+
+def test_paper_scale_switch_merges_overrides(tmp_path):
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"x")
+    p = load_params(
+        PARAMS,
+        [
+            "scale=paper",
+            f"data.bdd100k_root={tmp_path}",
+            f"checkpoints.catalog.moco_v2.path={weights}",
+            f"checkpoints.catalog.supervised_imagenet.path={weights}",
+        ],
+    )
+    assert p["model"]["backbone"] == "resnet50"
+    assert p["data"]["dataset"] == "bdd100k"
+    assert p["train"]["device"] == "cuda"
+    assert p["checkpoints"]["sources"] == ["supervised_imagenet", "moco_v2"]
+
+
+def test_paper_scale_without_data_root_is_refused(tmp_path):
+    with pytest.raises(ParamsError, match="path"):
+        load_params(PARAMS, ["scale=paper"])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ParamsError, match="bad.yaml"):
+        load_params(bad)
