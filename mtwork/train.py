@@ -199,6 +199,8 @@ def train_run(
             with autocast(device, use_amp):
                 outputs = model(batch["image"])
                 total, parts = multitask_loss(tasks, outputs, batch, loss_weights)
+            if not total.requires_grad:
+                continue  # no sample of this batch carries a label of the run's tasks
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()

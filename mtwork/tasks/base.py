@@ -63,6 +63,7 @@ class Task:
     primary_metric: str = ""
 
     def build_head(self, spec: FeatureSpec) -> nn.Module:
+        """A head called as ``head(neck_maps: list of (B,C,H/s,W/s), input_size: (H, W)) -> outputs``."""
         raise NotImplementedError
 
     def loss(self, outputs: Any, batch: Mapping[str, Any], labeled: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,217 @@
+"""Dense classification shared by ``semseg`` and ``drivable``: metrics, head, loss and evaluator.
+
+Metric conventions (one place for both tasks):
+- the confusion matrix has rows = ground truth, columns = prediction; pixels whose label is
+  ``ignore_index`` (255) are not counted;
+- IoU_k = TP_k / (TP_k + FP_k + FN_k); a class with union 0 (absent from both the ground truth and the
+  predictions of the whole evaluated set) has IoU NaN and is *excluded* from the mean, so mIoU is the
+  mean over the classes that occur;
+- evaluation happens at label resolution: logits are resized bilinearly to the on-disk size of each
+  image (``batch["orig_size"]``), which assumes the network input is a plain resize of the on-disk
+  image (no crop or letterbox padding).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtwork.data.batch import IGNORE_INDEX
+from mtwork.tasks.base import FeatureSpec, Metric, Task
+
+
+# --------------------------------------------------------------------------------------------------
+# pure metric functions
+# --------------------------------------------------------------------------------------------------
+def confusion_matrix(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
+    """Confusion matrix (K,K) int64, rows = ground truth class, columns = predicted class.
+
+    Args:
+        pred: (N,) or (B,H,W) long class ids in [0, K).
+        target: same shape as ``pred``, long class ids in [0, K) or ``ignore_index``.
+    Pixels whose target is ``ignore_index`` are skipped. Raises ValueError on shape mismatch or on
+    ids outside [0, K) (other than ``ignore_index``), which would otherwise silently corrupt the counts.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"pred shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
+    pred = pred.reshape(-1).long()
+    target = target.reshape(-1).long().to(pred.device)
+    valid = target != ignore_index
+    pred, target = pred[valid], target[valid]
+    if target.numel() and (target.min() < 0 or target.max() >= num_classes):
+        raise ValueError(f"target ids outside [0, {num_classes}) and not ignore_index={ignore_index}")
+    if pred.numel() and (pred.min() < 0 or pred.max() >= num_classes):
+        raise ValueError(f"predicted ids outside [0, {num_classes})")
+    counts = torch.bincount(target * num_classes + pred, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes).cpu().to(torch.int64)
+
+
+def miou_from_confusion(cm: torch.Tensor) -> Tuple[float, torch.Tensor]:
+    """(mIoU, per-class IoU) as fractions in [0, 1] from a (K,K) confusion matrix (rows = GT).
+
+    per-class IoU: (K,) float64, NaN for classes with union TP+FP+FN = 0 (absent from both GT and
+    prediction); mIoU is the mean over the non-NaN classes (NaN when every class is absent).
+    """
+    cm = cm.to(torch.float64)
+    tp = cm.diag()
+    union = cm.sum(dim=0) + cm.sum(dim=1) - tp  # TP + FP + FN
+    iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, math.nan))
+    present = ~torch.isnan(iou)
+    miou = iou[present].mean().item() if present.any() else math.nan
+    return miou, iou
+
+
+def pixel_accuracy(cm: torch.Tensor) -> float:
+    """Fraction of non-ignored pixels predicted correctly (NaN when no pixel was counted)."""
+    total = cm.sum().item()
+    return cm.diag().sum().item() / total if total else math.nan
+
+
+# --------------------------------------------------------------------------------------------------
+# head
+# --------------------------------------------------------------------------------------------------
+def _group_norm(channels: int) -> nn.Module:
+    # gcd keeps 32 groups for the usual widths and still works for any width
+    return nn.GroupNorm(math.gcd(32, channels), channels)
+
+
+NORMS: Dict[str, Callable[[int], nn.Module]] = {"bn": nn.BatchNorm2d, "gn": _group_norm}
+
+
+def _conv_norm_relu(cin: int, cout: int, norm: str) -> nn.Sequential:
+    if norm not in NORMS:
+        raise KeyError(f"unknown norm '{norm}' (known: {', '.join(sorted(NORMS))})")
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), NORMS[norm](cout), nn.ReLU(inplace=True))
+
+
+class SegmentationHead(nn.Module):
+    """Semantic-FPN style head (Kirillov et al. 2019, simplified to one conv per level).
+
+    Each FPN level gets a 3x3 conv+norm+ReLU, all levels are upsampled (bilinear) to the finest level
+    (stride 4) and summed, then a 3x3 conv+norm+ReLU and a 1x1 classifier; the logits are upsampled
+    bilinearly to the network input size.
+
+    forward(features: list of L maps (B,C,H/s,W/s), input_size: (H,W)) -> logits (B,K,H,W)
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, num_levels: int = 4,
+                 head_channels: int | None = None, norm: str = "gn"):
+        super().__init__()
+        width = head_channels or in_channels
+        self.levels = nn.ModuleList([_conv_norm_relu(in_channels, width, norm) for _ in range(num_levels)])
+        self.fuse = _conv_norm_relu(width, width, norm)
+        self.classifier = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, features: Sequence[torch.Tensor], input_size: Sequence[int]) -> torch.Tensor:
+        if len(features) != len(self.levels):
+            raise ValueError(f"segmentation head built for {len(self.levels)} levels, got {len(features)}")
+        size = features[0].shape[-2:]
+        x = self.levels[0](features[0])
+        for conv, feat in zip(self.levels[1:], features[1:]):
+            x = x + F.interpolate(conv(feat), size=size, mode="bilinear", align_corners=False)
+        logits = self.classifier(self.fuse(x))
+        return F.interpolate(logits, size=tuple(int(s) for s in input_size), mode="bilinear", align_corners=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# loss and evaluator
+# --------------------------------------------------------------------------------------------------
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, labeled: torch.Tensor,
+                      ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Cross-entropy over the labeled samples, mean over their non-ignored pixels.
+
+    logits (B,K,H,W), target (B,H,W) long (training frame: same H,W as the logits), labeled (B,) bool.
+    When the labeled samples hold no valid pixel the loss is a graph-connected zero (not NaN).
+    """
+    labeled = labeled.to(logits.device)
+    logits = logits[labeled]
+    target = target.to(logits.device)[labeled]
+    if target.shape[-2:] != logits.shape[-2:]:
+        raise ValueError(
+            f"label size {tuple(target.shape[-2:])} != logits size {tuple(logits.shape[-2:])}: "
+            "training labels must be in the network-input frame"
+        )
+    if not (target != ignore_index).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, target, ignore_index=ignore_index)
+
+
+class SegmentationEvaluator:
+    """Accumulates a confusion matrix over the labeled images of one task.
+
+    ``evaluate()`` returns the declared metrics only: {"miou": %, "pixel_acc": %}; per-class IoU
+    (percent, NaN for absent classes) is available from ``per_class_iou()`` after ``evaluate()`` or at
+    any time, keyed by class name. (Per-class values stay out of ``evaluate()`` so that every key it
+    returns is a declared ``Metric`` with a direction.)
+    """
+
+    def __init__(self, task: str, class_names: Sequence[str], ignore_index: int = IGNORE_INDEX):
+        self.task = task
+        self.class_names = list(class_names)
+        self.ignore_index = ignore_index
+        self.reset()
+
+    def reset(self) -> None:
+        k = len(self.class_names)
+        self.confusion = torch.zeros((k, k), dtype=torch.int64)
+
+    @torch.no_grad()
+    def process(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> None:
+        """outputs: logits (B,K,h,w) in the input frame; batch[task]: (B,H,W) on-disk frame, 255-padded."""
+        labeled = batch["labeled"][self.task]
+        masks = batch[self.task]
+        for i in torch.nonzero(labeled).flatten().tolist():
+            h0, w0 = (int(v) for v in batch["orig_size"][i])
+            if masks.shape[-2] < h0 or masks.shape[-1] < w0:
+                raise ValueError(f"{self.task} mask {tuple(masks.shape[-2:])} smaller than orig_size {(h0, w0)}")
+            logits = F.interpolate(outputs[i : i + 1].float(), size=(h0, w0), mode="bilinear", align_corners=False)
+            pred = logits.argmax(dim=1)[0]
+            self.confusion += confusion_matrix(pred, masks[i, :h0, :w0], len(self.class_names), self.ignore_index)
+
+    def evaluate(self) -> Dict[str, float]:
+        miou, _ = miou_from_confusion(self.confusion)
+        return {"miou": 100.0 * miou, "pixel_acc": 100.0 * pixel_accuracy(self.confusion)}
+
+    def per_class_iou(self) -> Dict[str, float]:
+        _, iou = miou_from_confusion(self.confusion)
+        return {name: 100.0 * float(v) for name, v in zip(self.class_names, iou)}
+
+
+class SegmentationTask(Task):
+    """Base for per-pixel classification tasks; subclasses set ``name`` and ``_class_names()``.
+
+    Args:
+        head_channels: width of the head's convs (default: the FPN width).
+        norm: "gn" (GroupNorm, default: independent of how many samples carry this task's label)
+              or "bn".
+    """
+
+    metrics = (Metric("miou", True, "mIoU"), Metric("pixel_acc", True, "pixel acc."))
+    primary_metric = "miou"
+
+    def __init__(self, head_channels: int | None = None, norm: str = "gn"):
+        if norm not in NORMS:
+            raise KeyError(f"unknown norm '{norm}' (known: {', '.join(sorted(NORMS))})")
+        self.head_channels = head_channels
+        self.norm = norm
+        self.class_names: List[str] = list(self._class_names())
+        self.num_classes = len(self.class_names)
+
+    @staticmethod
+    def _class_names() -> Sequence[str]:
+        raise NotImplementedError
+
+    def build_head(self, spec: FeatureSpec) -> nn.Module:
+        return SegmentationHead(spec.channels, self.num_classes, num_levels=len(spec.strides),
+                                head_channels=self.head_channels, norm=self.norm)
+
+    def loss(self, outputs: torch.Tensor, batch: Mapping[str, Any], labeled: torch.Tensor) -> torch.Tensor:
+        return segmentation_loss(outputs, batch[self.name], labeled)
+
+    def evaluator(self) -> SegmentationEvaluator:
+        return SegmentationEvaluator(self.name, self.class_names)
