@@ -1,0 +1,220 @@
+"""Joint image/label transforms: raw dataset samples -> the ``mtwork.data.batch`` sample contract.
+
+Input (raw sample, e.g. from ``BDD100KDataset`` without a transform)::
+
+    image (H0,W0,3) uint8 | semseg, drivable (H0,W0) uint8 | depth (H0,W0) float32 metres
+    det {"boxes": (N,4) float xyxy pixel edges, "labels": (N,) int} | name | orig_size (H0,W0)
+
+Output: image (3,H,W) float32 normalised with ImageNet mean/std; semseg/drivable (h,w) int64 with
+255 = ignore; depth (h,w) float32 metres (0 = invalid); det {"boxes": (N,4) float32, "labels": (N,)
+int64}; name; orig_size = (H0, W0), the size on disk.
+
+Boxes are continuous pixel-edge coordinates: a box (x1, y1, x2, y2) covers exactly the pixel columns
+x1..x2-1 of a mask, so scaling, cropping and flipping act on boxes and masks by the same formulas.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mtwork.data.batch import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+
+#: Value of padded pixels per label kind (images are padded with 0 after normalisation).
+MASK_PAD = {"semseg": IGNORE_INDEX, "drivable": IGNORE_INDEX, "depth": 0.0}
+#: Boxes narrower or shorter than this (pixels) after clipping are dropped with their labels.
+MIN_BOX_SIZE = 2.0
+
+_MEAN = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
+_STD = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
+
+
+def _check_size(size: Tuple[int, int], what: str) -> Tuple[int, int]:
+    if len(size) != 2 or any(int(s) != s or s <= 0 for s in size):
+        raise ValueError(f"{what}: size must be (H, W) positive integers, got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def _writable(array: np.ndarray, dtype=None) -> np.ndarray:
+    """C-contiguous, writable (torch.from_numpy needs both; PIL hands out read-only arrays)."""
+    return np.require(array, dtype=dtype, requirements=("C", "W"))
+
+
+def normalize_image(image: np.ndarray) -> torch.Tensor:
+    """(H,W,3) uint8 -> (3,H,W) float32, (x/255 - mean) / std."""
+    tensor = torch.from_numpy(_writable(image)).permute(2, 0, 1).float().div_(255.0)
+    return (tensor - _MEAN) / _STD
+
+
+def _resize(array: np.ndarray, size_hw: Tuple[int, int], nearest: bool) -> np.ndarray:
+    """Resize with PIL, which samples pixel centres: out pixel i <- in ((i + 0.5) / scale)."""
+    if array.shape[:2] == tuple(size_hw):
+        return array
+    resample = Image.NEAREST if nearest else Image.BILINEAR
+    return np.asarray(Image.fromarray(array).resize((size_hw[1], size_hw[0]), resample))
+
+
+def _mask_tensor(task: str, mask: np.ndarray) -> torch.Tensor:
+    if task == "depth":
+        return torch.from_numpy(_writable(mask, np.float32))
+    return torch.from_numpy(np.asarray(mask).astype(np.int64))
+
+
+def _det_tensors(boxes: np.ndarray, labels: np.ndarray) -> Dict[str, torch.Tensor]:
+    return {
+        "boxes": torch.from_numpy(_writable(np.reshape(boxes, (-1, 4)), np.float32)),
+        "labels": torch.from_numpy(_writable(np.reshape(labels, (-1,)), np.int64)),
+    }
+
+
+@dataclass(frozen=True)
+class AugParams:
+    """One draw of TrainTransform's randomness.
+
+    scale: image scale factor (on-disk px -> network px); resized: (h, w) after scaling;
+    crop: (y0, x0) top-left of the crop window in the resized image (0 when padding instead);
+    flip: horizontal flip of the final (cropped/padded) canvas.
+    """
+
+    scale: float
+    resized: Tuple[int, int]
+    crop: Tuple[int, int]
+    flip: bool
+
+
+class TrainTransform:
+    """Random rescale, random crop / pad to exactly ``size``, random horizontal flip.
+
+    The scale is ``fit * U(scale_range)``, where ``fit`` makes the image fit inside ``size``
+    (``min(H/H0, W/W0)``). A resized side larger than the target is randomly cropped; a smaller one is
+    padded at the bottom/right (masks with 255, depth with 0, the image with 0 after normalisation,
+    i.e. the mean colour). Images are resized bilinearly, masks by nearest neighbour. Boxes are
+    scaled, shifted, clipped and flipped with the same formulas; those under ``MIN_BOX_SIZE`` px wide
+    or tall afterwards are dropped with their labels.
+
+    ``generator``: a seeded ``torch.Generator`` for reproducible draws; None uses torch's global RNG
+    (which DataLoader seeds per worker).
+    """
+
+    def __init__(
+        self,
+        size: Tuple[int, int],
+        scale_range: Tuple[float, float] = (0.8, 1.25),
+        hflip_prob: float = 0.5,
+        generator: Optional[torch.Generator] = None,
+    ):
+        self.size = _check_size(size, "TrainTransform")
+        lo, hi = scale_range
+        if not 0 < lo <= hi:
+            raise ValueError(f"TrainTransform: scale_range must satisfy 0 < lo <= hi, got {scale_range!r}")
+        if not 0.0 <= hflip_prob <= 1.0:
+            raise ValueError(f"TrainTransform: hflip_prob must be in [0, 1], got {hflip_prob!r}")
+        self.scale_range = (float(lo), float(hi))
+        self.hflip_prob = float(hflip_prob)
+        self.generator = generator
+
+    def _uniform(self) -> float:
+        return float(torch.rand((), generator=self.generator))
+
+    def _randint(self, high_inclusive: int) -> int:
+        if high_inclusive <= 0:
+            return 0
+        return int(torch.randint(0, high_inclusive + 1, (), generator=self.generator))
+
+    def sample_params(self, orig_size: Tuple[int, int]) -> AugParams:
+        """Draw scale, crop offset and flip for an image of ``orig_size`` (H0, W0)."""
+        h0, w0 = orig_size
+        out_h, out_w = self.size
+        lo, hi = self.scale_range
+        scale = min(out_h / h0, out_w / w0) * (lo + (hi - lo) * self._uniform())
+        resized = (max(1, round(h0 * scale)), max(1, round(w0 * scale)))
+        crop = (self._randint(resized[0] - out_h), self._randint(resized[1] - out_w))
+        flip = self._uniform() < self.hflip_prob
+        return AugParams(scale=scale, resized=resized, crop=crop, flip=flip)
+
+    def apply(self, sample: Dict[str, Any], params: AugParams) -> Dict[str, Any]:
+        """Apply one fixed draw (deterministic; the tests hand-work cases through this)."""
+        image = np.asarray(sample["image"])
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(
+                f"TrainTransform: sample '{sample.get('name')}' image must be (H,W,3) uint8, "
+                f"got {image.shape} {image.dtype}"
+            )
+        h0, w0 = image.shape[:2]
+        out_h, out_w = self.size
+        rh, rw = params.resized
+        y0, x0 = params.crop
+        # Region of the resized image that lands on the canvas (the rest of the canvas is padding).
+        ch, cw = min(out_h, rh - y0), min(out_w, rw - x0)
+
+        def place(array: np.ndarray, fill: Any, nearest: bool) -> np.ndarray:
+            resized = _resize(array, (rh, rw), nearest)
+            canvas = np.full((out_h, out_w) + array.shape[2:], fill, dtype=array.dtype)
+            canvas[:ch, :cw] = resized[y0 : y0 + ch, x0 : x0 + cw]
+            return canvas[:, ::-1] if params.flip else canvas
+
+        out: Dict[str, Any] = {"name": sample["name"], "orig_size": (h0, w0)}
+        img = normalize_image(place(image, 0, nearest=False))
+        img[:, ch:, :] = 0.0  # padding is 0 *after* normalisation
+        if params.flip:
+            img[:, :, : out_w - cw] = 0.0
+        else:
+            img[:, :, cw:] = 0.0
+        out["image"] = img
+
+        for task, fill in MASK_PAD.items():
+            if task in sample:
+                mask = np.asarray(sample[task])
+                if mask.shape != (h0, w0):
+                    raise ValueError(
+                        f"TrainTransform: sample '{sample['name']}' {task} is {mask.shape}, image {(h0, w0)}"
+                    )
+                out[task] = _mask_tensor(task, place(mask, fill, nearest=True))
+
+        if "det" in sample:
+            boxes = np.asarray(sample["det"]["boxes"], dtype=np.float64).reshape(-1, 4)
+            labels = np.asarray(sample["det"]["labels"], dtype=np.int64).reshape(-1)
+            # Exact per-axis factors, as the masks were resized to (rh, rw), not by `scale`.
+            boxes = boxes * np.array([rw / w0, rh / h0, rw / w0, rh / h0])
+            boxes -= np.array([x0, y0, x0, y0], dtype=np.float64)
+            boxes[:, 0::2] = boxes[:, 0::2].clip(0, cw)
+            boxes[:, 1::2] = boxes[:, 1::2].clip(0, ch)
+            if params.flip:
+                boxes[:, [0, 2]] = out_w - boxes[:, [2, 0]]
+            keep = ((boxes[:, 2] - boxes[:, 0]) >= MIN_BOX_SIZE) & ((boxes[:, 3] - boxes[:, 1]) >= MIN_BOX_SIZE)
+            out["det"] = _det_tensors(boxes[keep], labels[keep])
+        return out
+
+    def __call__(self, sample: Dict[str, Any]) -> Dict[str, Any]:
+        image = np.asarray(sample["image"])
+        return self.apply(sample, self.sample_params(image.shape[:2]))
+
+
+class EvalTransform:
+    """Resize only the image to ``size`` (bilinear) and normalise it; labels stay on disk's frame.
+
+    Masks and boxes keep the on-disk resolution (``orig_size``) because evaluators map predictions
+    back to it and score there, as the official evaluation does. ``size=None`` keeps the image size.
+    """
+
+    def __init__(self, size: Optional[Tuple[int, int]]):
+        self.size = None if size is None else _check_size(size, "EvalTransform")
+
+    def __call__(self, sample: Dict[str, Any]) -> Dict[str, Any]:
+        image = np.asarray(sample["image"])
+        h0, w0 = image.shape[:2]
+        resized = image if self.size is None else _resize(image, self.size, nearest=False)
+        out: Dict[str, Any] = {
+            "image": normalize_image(resized),
+            "name": sample["name"],
+            "orig_size": (h0, w0),
+        }
+        for task in MASK_PAD:
+            if task in sample:
+                out[task] = _mask_tensor(task, np.asarray(sample[task]))
+        if "det" in sample:
+            out["det"] = _det_tensors(sample["det"]["boxes"], sample["det"]["labels"])
+        return out

@@ -1,0 +1,207 @@
+"""BDD100K reader: class lists, det_20 JSON, COCO conversion and the partial-label dataset."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from mtwork.data.batch import collate
+from mtwork.data.bdd100k import (
+    DET_CATEGORIES,
+    DET_TO_SEMSEG,
+    DRIVABLE_CLASSES,
+    SEMSEG_CLASSES,
+    BDD100KDataset,
+    DatasetError,
+    decode_drivable,
+    depth_to_metres,
+    det_frames_to_coco,
+    encode_drivable,
+    load_det_frames,
+    metres_to_depth,
+)
+from mtwork.data.transforms import EvalTransform
+
+
+def test_class_lists_follow_the_official_order():
+    assert DET_CATEGORIES[0] == "pedestrian" and DET_CATEGORIES[2] == "car" and DET_CATEGORIES[9] == "traffic sign"
+    assert len(DET_CATEGORIES) == 10 and len(SEMSEG_CLASSES) == 19 and SEMSEG_CLASSES[13] == "car"
+    assert DRIVABLE_CLASSES == ("background", "direct", "alternative")
+    # pedestrian -> person (11), rider -> rider (12), traffic light -> 6
+    assert DET_TO_SEMSEG[0] == 11 and DET_TO_SEMSEG[1] == 12 and DET_TO_SEMSEG[8] == 6
+
+
+def test_drivable_disk_ids_map_to_training_ids_and_back():
+    disk = np.array([0, 1, 2, 7], np.uint8)  # direct, alternative, background, junk
+    assert decode_drivable(disk).tolist() == [1, 2, 0, 255]
+    assert encode_drivable(np.array([0, 1, 2], np.uint8)).tolist() == [2, 0, 1]
+
+
+def test_depth_unit_is_one_256th_metre():
+    stored = metres_to_depth(np.array([1.5, 0.0, -1.0, np.inf, 300.0], np.float32))
+    assert stored.dtype == np.uint16
+    assert stored.tolist() == [384, 0, 0, 0, 65535]
+    assert depth_to_metres(np.array([384], np.uint16)).tolist() == [1.5]
+
+
+def test_load_det_frames_skips_other_categories_and_keeps_empty_frames(bdd_mini_root):
+    skipped = Counter()
+    frames = load_det_frames(bdd_mini_root / "labels/det_20/det_train.json", skipped)
+    assert sorted(frames) == ["a.jpg", "b.jpg", "big.jpg", "c.jpg", "ghost.jpg"]
+    # Scalabel's inclusive x2/y2 become pixel edges (+1).
+    assert frames["a.jpg"] == [(2, 4.0, 6.0, 14.0, 16.0), (8, 20.0, 2.0, 24.0, 10.0)]
+    assert frames["b.jpg"] == []  # no "labels" key: labelled, no objects
+    assert skipped == {"other vehicle": 1}
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        ("{not json", "not valid JSON"),
+        ('{"name": "a.jpg"}', "expected a JSON list"),
+        ('[{"labels": []}]', "missing key 'name'"),
+        ('[{"name": "a.jpg", "labels": [{"box2d": {}}]}]', "missing key 'category'"),
+        ('[{"name": "a.jpg", "labels": [{"category": "car"}]}]', "missing key 'box2d'"),
+        ('[{"name": "a.jpg", "labels": [{"category": "car", "box2d": {"x1": 1, "y1": 2, "x2": "x"}}]}]',
+         "numeric x1, y1, x2, y2"),
+    ],
+)
+def test_load_det_frames_errors_name_the_file(tmp_path, content, fragment):
+    path = tmp_path / "det_train.json"
+    path.write_text(content)
+    with pytest.raises(DatasetError) as err:
+        load_det_frames(path)
+    assert str(path) in str(err.value) and fragment in str(err.value)
+
+
+def test_det_frames_to_coco_loads_in_pycocotools_and_scores_itself_perfectly():
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    frames = {"x.jpg": [(2, 10.0, 20.0, 30.0, 40.0), (0, 0.0, 0.0, 5.0, 12.0)], "y.jpg": []}
+    gt = det_frames_to_coco(frames, {"x.jpg": (64, 112), "y.jpg": (64, 112)})
+    assert [c["id"] for c in gt["categories"]] == list(range(1, 11))
+    car = gt["annotations"][0]
+    assert car["category_id"] == 3 and car["bbox"] == [10.0, 20.0, 20.0, 20.0] and car["area"] == 400.0
+    assert gt["annotations"][1]["bbox"] == [0.0, 0.0, 5.0, 12.0] and gt["annotations"][1]["iscrowd"] == 0
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = json.loads(json.dumps(gt))
+        coco.createIndex()
+        dets = coco.loadRes([{**a, "score": 1.0} for a in gt["annotations"]])
+        ev = COCOeval(coco, dets, "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    assert len(coco.getImgIds()) == 2 and len(coco.getAnnIds()) == 2
+    assert ev.stats[0] == pytest.approx(1.0)
+    with pytest.raises(KeyError, match="y.jpg"):
+        det_frames_to_coco(frames, {"x.jpg": (64, 112)})
+
+
+def test_dataset_merges_image_sets_and_labels(bdd_mini_root):
+    ds = BDD100KDataset(bdd_mini_root, "train")
+    # e.jpg has no label of any requested task; ghost.jpg has no image.
+    assert ds.names == ["a.jpg", "b.jpg", "big.jpg", "c.jpg", "d.jpg"]
+    assert ds.labeled_counts() == {"semseg": 2, "drivable": 2, "det": 4}
+    assert ds.skipped_categories == {"other vehicle": 1}
+
+    a = ds[0]
+    assert a["image"].shape == (32, 48, 3) and a["image"].dtype == np.uint8 and a["orig_size"] == (32, 48)
+    assert "semseg" not in a
+    np.testing.assert_array_equal(a["det"]["boxes"], [[4, 6, 14, 16], [20, 2, 24, 10]])
+    assert a["det"]["labels"].tolist() == [2, 8]
+    # on disk: direct 0 / alternative 1 / background 2 -> training ids 1 / 2 / 0
+    assert np.bincount(a["drivable"].ravel(), minlength=3).tolist() == [960, 288, 288]
+    assert a["drivable"][25, 5] == 1 and a["drivable"][25, 40] == 2 and a["drivable"][0, 0] == 0
+
+    b = ds[1]
+    assert b["det"]["boxes"].shape == (0, 4) and b["det"]["labels"].shape == (0,)
+    big = ds[2]  # the real BDD100K image size goes through the same path
+    assert big["orig_size"] == (720, 1280) and big["det"]["boxes"].tolist() == [[100, 200, 500, 400]]
+    c = ds[3]  # in both image sets: carries det, drivable and semseg
+    assert set(c) >= {"det", "drivable", "semseg"}
+    assert np.bincount(c["semseg"].ravel(), minlength=11)[[0, 10]].tolist() == [1056, 480]
+    d = ds[4]
+    assert set(d) == {"image", "name", "orig_size", "semseg"}
+    assert ds.tasks_of(4) == ("semseg",) and ds.image_size(2) == (720, 1280)
+
+
+def test_dataset_loads_only_requested_tasks(bdd_mini_root):
+    ds = BDD100KDataset(bdd_mini_root, "train", tasks=("semseg",))
+    assert ds.names == ["c.jpg", "d.jpg"]
+    assert "det" not in ds[0] and "drivable" not in ds[0]
+    ds = BDD100KDataset(bdd_mini_root, "train", tasks=("det",))
+    assert ds.names == ["a.jpg", "b.jpg", "big.jpg", "c.jpg"]
+    gt = ds.coco_ground_truth()
+    assert [im["file_name"] for im in gt["images"]] == ds.names and len(gt["annotations"]) == 4
+    with pytest.raises(ValueError, match="lanes"):
+        BDD100KDataset(bdd_mini_root, "train", tasks=("lanes",))
+
+
+def test_dataset_errors_name_the_file(bdd_mini_root):
+    (bdd_mini_root / "images/100k/train/a.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    ds = BDD100KDataset(bdd_mini_root, "train")
+    with pytest.raises(DatasetError, match="a.jpg"):
+        ds[0]
+    mask = bdd_mini_root / "labels/sem_seg/masks/train/d.png"
+    np.zeros((4, 4), np.uint8).tofile(mask)  # not a PNG any more
+    with pytest.raises(DatasetError, match="d.png"):
+        ds[4]
+    with pytest.raises(DatasetError, match="val"):
+        BDD100KDataset(bdd_mini_root, "val")
+
+
+def test_dataset_rejects_mask_of_wrong_size_or_unknown_ids(bdd_mini_root):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((16, 48), np.uint8)).save(bdd_mini_root / "labels/drivable/masks/train/c.png")
+    semseg = np.zeros((32, 48), np.uint8)
+    semseg[0, 0] = 77
+    Image.fromarray(semseg).save(bdd_mini_root / "labels/sem_seg/masks/train/d.png")
+    ds = BDD100KDataset(bdd_mini_root, "train")
+    with pytest.raises(DatasetError, match=r"c\.png.*16x48.*32x48"):
+        ds[3]
+    with pytest.raises(DatasetError, match=r"d\.png.*\[77\]"):
+        ds[4]
+
+
+def test_dataset_reports_missing_label_directory(bdd_mini_root):
+    import shutil
+
+    shutil.rmtree(bdd_mini_root / "labels/drivable")
+    with pytest.raises(DatasetError, match="drivable"):
+        BDD100KDataset(bdd_mini_root, "train")
+    assert len(BDD100KDataset(bdd_mini_root, "train", tasks=("det", "semseg"))) == 5
+
+
+def test_dataset_reads_synthdrive(synthdrive_tiny):
+    meta = json.loads((synthdrive_tiny / "synthdrive.json").read_text())
+    ds = BDD100KDataset(synthdrive_tiny, "train", tasks=("semseg", "drivable", "det", "depth"))
+    # 6 det-set + 4 seg-set images, 2 of them shared
+    assert len(ds) == 8 and meta["shared_images"]["train"] == 2
+    assert ds.labeled_counts() == {"semseg": 4, "drivable": 6, "det": 6, "depth": 8}
+    for i in range(len(ds)):
+        sample = ds[i]
+        assert sample["image"].shape == (64, 112, 3)
+        if "drivable" in sample:
+            assert set(np.unique(sample["drivable"])) <= {0, 1, 2}
+        if "semseg" in sample:
+            assert set(np.unique(sample["semseg"])) <= set(range(19)) | {255}
+        # depth is metres: sky has none, everything else lies within the generator's 140 m
+        depth = sample["depth"]
+        assert depth.dtype == np.float32 and 0.0 <= depth.min() and depth.max() <= 140.0
+
+
+def test_dataset_with_eval_transform_collates(synthdrive_tiny):
+    ds = BDD100KDataset(synthdrive_tiny, "val", transform=EvalTransform((32, 64)))
+    batch = collate([ds[i] for i in range(len(ds))])
+    assert batch["image"].shape == (len(ds), 3, 32, 64)
+    assert batch["semseg"].shape[1:] == (64, 112) and batch["orig_size"].tolist()[0] == [64, 112]
+    assert batch["labeled"]["det"].sum().item() == 3 and batch["labeled"]["semseg"].sum().item() == 2
+    assert all(t["boxes"].dtype == torch.float32 for t in batch["det"])

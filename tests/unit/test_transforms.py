@@ -1,0 +1,133 @@
+"""Joint transforms: boxes and masks of the same object stay aligned; output follows batch.py."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mtwork.data.batch import IMAGENET_MEAN, IMAGENET_STD, collate
+from mtwork.data.transforms import AugParams, EvalTransform, TrainTransform, normalize_image
+
+H, W = 64, 112
+
+
+def _sample(with_depth: bool = False):
+    """A car occupying rows 10..19 and cols 20..39: red in the image, class 13 in semseg,
+    drivable 1, box (20, 10, 40, 20) in pixel edges; plus a 1-px-wide sign box at the far left."""
+    image = np.zeros((H, W, 3), np.uint8)
+    image[10:20, 20:40] = (255, 0, 0)
+    semseg = np.zeros((H, W), np.uint8)
+    semseg[10:20, 20:40] = 13
+    drivable = np.zeros((H, W), np.uint8)
+    drivable[10:20, 20:40] = 1
+    sample = {
+        "image": image,
+        "name": "x.jpg",
+        "orig_size": (H, W),
+        "semseg": semseg,
+        "drivable": drivable,
+        "det": {"boxes": np.array([[20, 10, 40, 20], [0, 30, 3, 50]], np.float32), "labels": np.array([2, 9])},
+    }
+    if with_depth:
+        sample["depth"] = np.full((H, W), 7.5, np.float32)
+    return sample
+
+
+def _extent(mask: torch.Tensor, value: int):
+    ys, xs = torch.nonzero(mask == value, as_tuple=True)
+    return xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1  # pixel edges
+
+
+def test_flip_after_half_scale_keeps_box_and_mask_aligned():
+    t = TrainTransform((32, 56))
+    out = t.apply(_sample(), AugParams(scale=0.5, resized=(32, 56), crop=(0, 0), flip=True))
+    # Hand-worked: scale 0.5 -> box (10, 5, 20, 10); flip in a 56-wide canvas -> x = 56 - x.
+    assert out["det"]["boxes"][0].tolist() == [36.0, 5.0, 46.0, 10.0]
+    assert _extent(out["semseg"], 13) == (36, 5, 46, 10)
+    assert _extent(out["drivable"], 1) == (36, 5, 46, 10)
+    red = (1.0 - IMAGENET_MEAN[0]) / IMAGENET_STD[0]
+    assert out["image"][0, 7, 40].item() == pytest.approx(red, abs=0.05)  # inside the car
+    assert out["image"][0, 7, 20].item() < 0  # outside: black
+    # The sign box (0..3 px wide) becomes 1.5 px wide at half scale: dropped with its label.
+    assert out["det"]["labels"].tolist() == [2]
+
+
+def test_crop_shifts_and_clips_box_like_the_mask():
+    t = TrainTransform((32, 56))
+    out = t.apply(_sample(), AugParams(scale=1.0, resized=(64, 112), crop=(8, 30), flip=False))
+    # Hand-worked: (20, 10, 40, 20) - (30, 8) = (-10, 2, 10, 12) -> clipped to (0, 2, 10, 12).
+    assert out["det"]["boxes"].tolist() == [[0.0, 2.0, 10.0, 12.0]]
+    assert _extent(out["semseg"], 13) == (0, 2, 10, 12)
+    assert out["semseg"].shape == (32, 56) and out["image"].shape == (3, 32, 56)
+
+
+def test_padding_uses_ignore_for_masks_and_zero_for_the_normalised_image():
+    t = TrainTransform((64, 112))
+    out = t.apply(_sample(with_depth=True), AugParams(scale=0.5, resized=(32, 56), crop=(0, 0), flip=False))
+    assert out["semseg"].shape == (64, 112)
+    assert (out["semseg"][32:] == 255).all() and (out["semseg"][:, 56:] == 255).all()
+    assert (out["drivable"][:32, :56] != 255).all()
+    assert (out["depth"][32:] == 0).all() and out["depth"][0, 0].item() == 7.5
+    assert (out["image"][:, 32:] == 0).all() and (out["image"][:, :, 56:] == 0).all()
+    assert out["image"][0, 0, 0].item() == pytest.approx(-IMAGENET_MEAN[0] / IMAGENET_STD[0], abs=1e-5)
+    assert out["det"]["boxes"][0].tolist() == [10.0, 5.0, 20.0, 10.0]
+    # Flipped, the padding moves to the left and the box follows the content.
+    out = t.apply(_sample(), AugParams(scale=0.5, resized=(32, 56), crop=(0, 0), flip=True))
+    assert (out["image"][:, :, :56] == 0).all() and (out["semseg"][:, :56] == 255).all()
+    assert out["det"]["boxes"][0].tolist() == [92.0, 5.0, 102.0, 10.0]
+    assert _extent(out["semseg"], 13) == (92, 5, 102, 10)
+
+
+def test_random_draws_are_seeded_and_in_range():
+    def draws(seed):
+        t = TrainTransform((32, 56), scale_range=(0.8, 1.25), generator=torch.Generator().manual_seed(seed))
+        return [t.sample_params((H, W)) for _ in range(20)]
+
+    first, again, other = draws(0), draws(0), draws(1)
+    assert first == again and first != other
+    for p in first:
+        assert 0.5 * 0.8 - 1e-9 <= p.scale <= 0.5 * 1.25 + 1e-9  # fit scale is 0.5 here
+        assert p.resized == (round(H * p.scale), round(W * p.scale))
+        assert 0 <= p.crop[0] <= max(0, p.resized[0] - 32) and 0 <= p.crop[1] <= max(0, p.resized[1] - 56)
+    assert {p.flip for p in first} == {True, False}
+
+
+def test_random_transform_keeps_box_on_the_mask_rectangle():
+    t = TrainTransform((48, 80), scale_range=(1.0, 2.0), generator=torch.Generator().manual_seed(3))
+    for _ in range(10):
+        out = t(_sample())
+        assert out["image"].dtype == torch.float32 and out["image"].shape == (3, 48, 80)
+        assert out["semseg"].dtype == torch.int64 and out["det"]["labels"].dtype == torch.int64
+        assert out["orig_size"] == (H, W)
+        cars = out["det"]["labels"] == 2
+        if (out["semseg"] == 13).any() and cars.any():
+            x1, y1, x2, y2 = out["det"]["boxes"][cars][0].tolist()
+            ex1, ey1, ex2, ey2 = _extent(out["semseg"], 13)
+            # Nearest-neighbour masks can differ from the exact box by under one pixel per edge.
+            assert abs(x1 - ex1) < 1 and abs(x2 - ex2) < 1 and abs(y1 - ey1) < 1 and abs(y2 - ey2) < 1
+
+
+def test_eval_transform_resizes_only_the_image():
+    out = EvalTransform((32, 56))(_sample())
+    assert out["image"].shape == (3, 32, 56) and out["orig_size"] == (H, W)
+    assert out["semseg"].shape == (H, W) and out["semseg"].dtype == torch.int64
+    assert out["det"]["boxes"].tolist() == [[20, 10, 40, 20], [0, 30, 3, 50]]
+    # The red car, halved: thresholding the red channel at mid-grey gives the halved box exactly.
+    mid = (0.5 - IMAGENET_MEAN[0]) / IMAGENET_STD[0]
+    assert _extent(out["image"][0] > mid, True) == (10, 5, 20, 10)
+    assert out["image"][0, 7, 15].item() == pytest.approx(normalize_image(np.full((1, 1, 3), (255, 0, 0), np.uint8))[0, 0, 0].item(), abs=0.02)
+    batch = collate([out, EvalTransform((32, 56))({k: v for k, v in _sample().items() if k != "semseg"})])
+    assert batch["labeled"]["semseg"].tolist() == [True, False] and (batch["semseg"][1] == 255).all()
+
+
+def test_bad_arguments_are_rejected():
+    with pytest.raises(ValueError, match="size"):
+        TrainTransform((32,))
+    with pytest.raises(ValueError, match="scale_range"):
+        TrainTransform((32, 32), scale_range=(1.2, 0.8))
+    with pytest.raises(ValueError, match="hflip_prob"):
+        TrainTransform((32, 32), hflip_prob=2)
+    bad = _sample()
+    bad["semseg"] = bad["semseg"][:10]
+    with pytest.raises(ValueError, match="semseg"):
+        TrainTransform((32, 56))(bad)
