@@ -1,0 +1,99 @@
+"""The training loop end to end on a tiny SynthDrive: stages, frozen backbone, resume, evaluation."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtwork.checkpoints.importer import import_checkpoint
+from mtwork.config import load_params
+from mtwork.evaluate import evaluate_run
+from mtwork.train import train_run
+
+PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
+RUN = "random__pretrain_adapt_finetune__semseg-drivable-det__s0"
+
+
+@pytest.fixture(scope="module")
+def tiny_params():
+    return load_params(
+        PARAMS,
+        [
+            "train.epochs=2",
+            "train.adapt_epochs=1",
+            "train.batch_size=4",
+            "train.input_size=[64, 96]",
+            "train.threads=1",
+            "evaluate.batch_size=4",
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrained") / "random.pt"
+    import_checkpoint("random", None, out, arch="resnet18", seed=0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, synthdrive_tiny, tiny_params, pretrained):
+    out = tmp_path_factory.mktemp("runs") / RUN
+    log = train_run(tiny_params, RUN, synthdrive_tiny, pretrained, out)
+    return out, log
+
+
+def _backbone(state):
+    return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+
+
+def test_adapt_epoch_leaves_the_backbone_unchanged(trained, pretrained):
+    out, _ = trained
+    imported = torch.load(pretrained, weights_only=True)["state_dict"]
+    after_adapt = _backbone(torch.load(out / "epoch_001.pt", weights_only=False)["model"])
+    assert set(after_adapt) == set(imported)
+    for key, value in imported.items():  # weights and BatchNorm statistics alike
+        assert torch.equal(after_adapt[key], value), key
+    after_finetune = _backbone(torch.load(out / "final.pt", weights_only=False)["state_dict"])
+    assert any(not torch.equal(after_finetune[k], imported[k]) for k in imported if k.endswith("weight"))
+
+
+def test_adapter_checkpoint_holds_no_backbone(trained):
+    out, _ = trained
+    adapt = torch.load(out / "adapt.pt", weights_only=False)
+    assert adapt["state_dict"] and not any(k.startswith("backbone.") for k in adapt["state_dict"])
+    assert any(k.startswith("adapter.") for k in adapt["state_dict"])
+
+
+def test_log_records_stages_and_cheaper_trainable_set(trained):
+    out, log = trained
+    on_disk = json.loads((out / "log.json").read_text())
+    assert on_disk["stages"] == [{"stage": "adapt", "epochs": 1}, {"stage": "finetune", "epochs": 1}]
+    assert [e["stage"] for e in on_disk["epochs"]] == ["adapt", "finetune"]
+    assert on_disk["trainable_params"]["adapt"] < on_disk["trainable_params"]["finetune"] == on_disk["total_params"]
+    assert on_disk["train_seconds"] == pytest.approx(sum(e["seconds"] for e in on_disk["epochs"]))
+    assert all(e["loss"] > 0 for e in on_disk["epochs"])
+
+
+def test_resume_continues_after_the_last_epoch(trained, tmp_path, synthdrive_tiny, tiny_params, pretrained, capsys):
+    out, log = trained
+    copy = tmp_path / RUN
+    shutil.copytree(out, copy)
+    (copy / "final.pt").unlink()
+    (copy / "epoch_002.pt").unlink()  # as if the job died during epoch 2
+    resumed = train_run(tiny_params, RUN, synthdrive_tiny, pretrained, copy)
+    assert "resuming after epoch 1" in capsys.readouterr().out
+    assert resumed["epochs"][0] == log["epochs"][0]  # epoch 1 not retrained
+    assert len(resumed["epochs"]) == 2
+
+
+def test_evaluate_writes_metrics_for_every_task(trained, synthdrive_tiny, tiny_params, tmp_path):
+    out, _ = trained
+    record = evaluate_run(tiny_params, out, synthdrive_tiny, tmp_path / "m.json")
+    assert set(record["metrics"]) == {"semseg", "drivable", "det"}
+    assert 0.0 <= record["metrics"]["semseg"]["miou"] <= 100.0
+    assert record["val_images"]["det"] > 0
+    assert json.loads((tmp_path / "m.json").read_text())["run"] == RUN
