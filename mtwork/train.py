@@ -35,11 +35,12 @@ def model_config(params: Mapping[str, Any], run: RunSpec) -> Dict[str, Any]:
         "fpn_channels": model["fpn_channels"],
         "method": run.method,
         "adapter_reduction": model["adapter_reduction"],
-        "task_kwargs": task_kwargs(params),
+        "task_kwargs": {t: kw for t, kw in task_kwargs(params).items() if t in run.tasks},
     }
 
 
 def task_kwargs(params: Mapping[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """Task constructor arguments that come from params.yaml, per task."""
     det = params["model"]["det"]
     return {"det": {"score_thresh": det["score_thresh"], "nms_iou": det["nms_iou"], "max_detections": det["max_detections"]}}
 

@@ -1,0 +1,27 @@
+# Training: one job per run id (SOURCE__PARADIGM__TASK-TASK__sSEED, parsed with plan.parse_run_id).
+# `mtwork train` also writes epoch checkpoints and adapt.pt into the run directory; final.pt and
+# log.json are the declared outputs.
+
+
+rule train:
+    input:
+        data=dataset_input(SOURCE_DOMAIN),
+        check=str(plan.data_check_path(SOURCE_DOMAIN)),
+        checkpoint=train_checkpoint,
+    output:
+        final=run_file("{run}", RUN_FINAL),
+        log=run_file("{run}", RUN_LOG),
+    log:
+        "logs/train/{run}.log",
+    params:
+        args=MTWORK_ARGS,
+        settings=rule_params("train"),
+        out_dir=lambda wildcards: str(plan.run_dir(wildcards.run)),
+    threads: TRAIN_THREADS
+    resources:
+        gpu=GPUS,
+    conda:
+        CONDA_ENV
+    shell:
+        "mtwork train {params.args} --run {wildcards.run} --data {input.data:q} --checkpoint {input.checkpoint:q}"
+        " --out {params.out_dir:q} > {log:q} 2>&1"

@@ -1,0 +1,267 @@
+"""The two DAG definitions agree, and the workflow reruns what it should.
+
+Snakemake (Snakefile + rules/*.smk) is the execution engine and dvc.yaml drives DVC; both list the
+same `mtwork` commands. These tests prove they plan the same jobs (command line + outputs, and each
+job's params keys), that `snakemake --lint` is clean, that `--config` overrides reach every command
+and switch to the paper-scale plan, and, with a stand-in `mtwork` that only writes placeholder
+outputs, that a changed parameter reruns exactly the jobs that read it, in both engines.
+
+Everything runs in a temporary copy of the workflow files (see conftest.py): the real data/,
+models/ and results/ are never touched. The dry runs take ~10 s in all; the two stand-in executions
+(~35-70 s together on 2 shared cores) are marked `slow`.
+"""
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Dict, FrozenSet, List, Set, Tuple
+
+import pytest
+import yaml
+
+
+# dvc.yaml stage (before "@") -> the Snakemake rule that makes the same outputs
+DVC_STAGE_RULE = {
+    "generate_synthdrive": "generate_synthdrive",
+    "generate_synthdrive_dg": "generate_synthdrive",
+    "check_data": "check_data",
+    "check_data_dg": "check_data",
+    "pretrain_moco_v2": "pretrain_moco_v2",
+    "import_checkpoint": "import_checkpoint",
+    "train": "train",
+    "train_single_task": "train",
+    "evaluate": "evaluate",
+    "evaluate_single_task": "evaluate",
+    "evaluate_dg": "evaluate_dg",
+    "evaluate_dg_single_task": "evaluate_dg",
+    "tables": "tables",
+}
+
+Key = Tuple[str, Tuple[str, ...], FrozenSet[str]]  # (rule, argv, outputs)
+
+
+def _argv(cmd: str) -> Tuple[str, ...]:
+    """A command as argv, without Snakemake's `> LOG 2>&1` redirection."""
+    words = shlex.split(cmd)
+    if len(words) >= 3 and words[-1] == "2>&1" and words[-3] == ">":
+        words = words[:-3]
+    return tuple(words)
+
+
+def snakemake_plan(jobs: List["Job"]) -> Set[Key]:
+    return {(j.rule, _argv(j.cmd), frozenset(j.outputs)) for j in jobs if j.rule != "all"}
+
+
+def dvc_stages(repo_dir: Path):
+    from dvc.repo import Repo
+
+    with Repo(str(repo_dir)) as repo:
+        return list(repo.index.stages)
+
+
+def dvc_plan(repo_dir: Path) -> Set[Key]:
+    plan = set()
+    for stage in dvc_stages(repo_dir):
+        rule = DVC_STAGE_RULE[stage.name.split("@")[0]]
+        plan.add((rule, _argv(stage.cmd), frozenset(str(o.def_path) for o in stage.outs)))
+    return plan
+
+
+def _diff(a: Set[Key], b: Set[Key]) -> str:
+    fmt = lambda keys: "\n".join(f"  {r}: {' '.join(argv)} -> {sorted(outs)}" for r, argv, outs in sorted(keys))
+    return f"only in Snakemake:\n{fmt(a - b)}\nonly in dvc.yaml:\n{fmt(b - a)}"
+
+
+def _edit_params(wf: Path, edit) -> None:
+    path = wf / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    edit(params)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _with_more_runs(params):
+    params["train"]["seeds"] = [0, 1]
+    params["data"]["dg_domains"] = ["dusk_fog", "night"]
+    params["checkpoints"]["sources"] = ["moco_v2", "random"]
+
+
+# ---- the plans agree ------------------------------------------------------------------------------
+
+
+def test_snakemake_lint_is_clean(workflow_dir: Path, wt):
+    proc = wt.snakemake(workflow_dir, "--lint", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "Lints for" not in out, out
+
+
+@pytest.mark.parametrize("variant", ["default", "more_runs"])
+def test_snakemake_and_dvc_plan_the_same_jobs(workflow_dir: Path, variant: str, wt):
+    if variant == "more_runs":  # templating must follow params.yaml, not the values it was written with
+        _edit_params(workflow_dir, _with_more_runs)
+    jobs = wt.dry_run(workflow_dir, "results/tables")
+    smk = snakemake_plan(jobs)
+    dvc = dvc_plan(workflow_dir)
+    assert smk == dvc, _diff(smk, dvc)
+    params = yaml.safe_load((workflow_dir / "params.yaml").read_text())
+    n_runs = len(params["checkpoints"]["sources"]) * len(params["train"]["seeds"]) * (
+        len(params["train"]["tasks"]) + len(params["train"]["paradigms"]) - 1
+    )
+    rules = [j.rule for j in jobs]
+    assert rules.count("train") == rules.count("evaluate") == n_runs
+    assert rules.count("evaluate_dg") == n_runs * len(params["data"]["dg_domains"])
+    assert rules.count("generate_synthdrive") == 1 + len(params["data"]["dg_domains"])
+    assert rules.count("pretrain_moco_v2") == 1 and rules.count("tables") == 1
+
+
+def _snakemake_param_keys(wf: Path, monkeypatch) -> Dict[str, List[str]]:
+    """PARAM_KEYS of rules/common.smk (plain Python by design: functions and values, no rules)."""
+    monkeypatch.chdir(wf)
+    namespace = {"config": yaml.safe_load((wf / "params.yaml").read_text()), "ancient": lambda p: p}
+    path = wf / "rules" / "common.smk"
+    exec(compile(path.read_text(), str(path), "exec"), namespace)
+    return namespace["PARAM_KEYS"]
+
+
+def test_each_stage_tracks_the_params_its_rule_tracks(workflow_dir: Path, monkeypatch):
+    from dvc.dependency.param import ParamsDependency
+
+    keys = _snakemake_param_keys(workflow_dir, monkeypatch)
+    for stage in dvc_stages(workflow_dir):
+        base, _, item = stage.name.partition("@")
+        rule = DVC_STAGE_RULE[base]
+        tracked = {k for d in stage.deps if isinstance(d, ParamsDependency) for k in d.params}
+        expected = {k.format(source=item) for k in keys[rule]}
+        assert tracked - {"scale"} == expected, f"{stage.name}: dvc.yaml {sorted(tracked)}, Snakemake {sorted(expected)}"
+        if base != "check_data" and base != "check_data_dg":
+            assert "scale" in tracked, stage.name
+
+
+def test_dvc_vars_match_params(workflow_dir: Path):
+    """dvc.yaml's `vars` spell what templating cannot compute: keep them equal to params.yaml."""
+    dvc = yaml.safe_load((workflow_dir / "dvc.yaml").read_text())
+    params = yaml.safe_load((workflow_dir / "params.yaml").read_text())
+    multitask = next(v["multitask"] for v in dvc["vars"] if isinstance(v, dict) and "multitask" in v)
+    assert multitask["tasks"] == "-".join(params["train"]["tasks"])
+    assert multitask["paradigms"] == [p for p in params["train"]["paradigms"] if p != "single_task"]
+
+
+# ---- overrides --------------------------------------------------------------------------------------
+
+
+def _mtwork_commands(jobs) -> List[Tuple[str, ...]]:
+    return [_argv(j.cmd) for j in jobs if j.cmd]
+
+
+def _sets(argv: Tuple[str, ...]) -> List[str]:
+    return [argv[i + 1] for i, word in enumerate(argv) if word == "--set"]
+
+
+def test_config_overrides_reach_every_command(workflow_dir: Path, wt):
+    jobs = wt.dry_run(workflow_dir, "results/tables", "--config", "train__lr=0.001", "data={dg_domains: [night]}")
+    expected = ["data.dg_domains=[\"night\"]", "train.lr=0.001"]
+    for argv in _mtwork_commands(jobs):
+        assert argv[0] == "mtwork"
+        if "--params" in argv:
+            assert _sets(argv) == expected, argv
+        else:
+            assert argv[1:3] == ("data", "check") and not _sets(argv)
+    dg = {j.outputs[0] for j in jobs if j.rule == "evaluate_dg"}
+    assert dg and all(out.startswith("results/metrics/dg/night/") for out in dg)
+    assert {j.outputs[0] for j in jobs if j.rule == "generate_synthdrive"} == {"data/synthdrive/clear_day", "data/synthdrive/night"}
+
+
+def test_paper_scale_dry_run(workflow_dir: Path, tmp_path: Path, wt):
+    bdd = tmp_path / "BDD 100K"  # a space: paths must be quoted in every command
+    bdd.mkdir()
+    moco, r50 = tmp_path / "moco_v2_800ep.pth.tar", tmp_path / "resnet50-0676ba61.pth"
+    moco.write_bytes(b"x")
+    r50.write_bytes(b"x")
+    jobs = wt.dry_run(
+        workflow_dir,
+        "results/tables",  # targets before --config, which takes all following words
+        "--config",
+        "scale=paper",
+        f"data__bdd100k_root={bdd}",
+        f"checkpoints__catalog__moco_v2__path={moco}",
+        # the nested-YAML form works as well
+        f"checkpoints={{catalog: {{supervised_imagenet: {{path: {r50}}}}}}}",
+    )
+    rules = [j.rule for j in jobs]
+    assert "generate_synthdrive" not in rules and "pretrain_moco_v2" not in rules and "evaluate_dg" not in rules
+    imports = {j.outputs[0]: j for j in jobs if j.rule == "import_checkpoint"}
+    assert set(imports) == {"models/pretrained/supervised_imagenet.pt", "models/pretrained/moco_v2.pt"}
+    assert imports["models/pretrained/moco_v2.pt"].inputs == [str(moco)]
+    assert imports["models/pretrained/supervised_imagenet.pt"].inputs == [str(r50)]
+    (check,) = [j for j in jobs if j.rule == "check_data"]
+    assert _argv(check.cmd) == ("mtwork", "data", "check", "--format", "bdd100k", str(bdd), "--json", "data/checks/bdd100k.json")
+    trains = [j for j in jobs if j.rule == "train"]
+    assert len(trains) == 2 * (3 + 2)  # 2 sources x (3 single-task + 2 multi-task paradigms), one seed
+    expected_sets = sorted([
+        f"checkpoints.catalog.moco_v2.path={moco}",
+        f"checkpoints.catalog.supervised_imagenet.path={r50}",
+        f"data.bdd100k_root={bdd}",
+        "scale=paper",
+    ])
+    for job in trains:
+        assert job.resources.get("gpu") == "1", job.fields
+        argv = _argv(job.cmd)
+        assert sorted(_sets(argv)) == expected_sets, argv
+        assert argv[argv.index("--data") + 1] == str(bdd)
+    assert {j.rule for j in jobs if j.resources.get("gpu") == "1"} == {"train", "evaluate"}
+    assert rules.count("evaluate") == len(trains) and rules.count("tables") == 1
+
+
+def test_embedded_scale_asks_for_no_gpu(workflow_dir: Path, wt):
+    jobs = wt.dry_run(workflow_dir, "results/tables")
+    assert all(j.resources.get("gpu", "0") == "0" for j in jobs)
+
+
+# ---- execution with a stand-in mtwork: complete, nothing to redo, and targeted reruns ------------
+
+
+def _rules_to_run(jobs) -> Set[str]:
+    return {j.rule for j in jobs} - {"all"}
+
+
+@pytest.mark.slow  # ~10-20 s: 38 stand-in jobs
+def test_snakemake_reruns_exactly_what_a_parameter_reaches(workflow_dir: Path, fake_mtwork, wt):
+    env = fake_mtwork.env
+    wt.snakemake(workflow_dir, "--cores", "2", "results/tables", env=env, timeout=900)
+    assert (workflow_dir / "results/tables/mtl.md").exists()
+    again = wt.snakemake(workflow_dir, "--cores", "2", "results/tables", env=env)
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+    # a training hyperparameter: training, evaluation and tables; not data, pretraining, import
+    jobs = wt.dry_run(workflow_dir, "--config", "train__lr=0.001", env=env)
+    assert _rules_to_run(jobs) == {"train", "evaluate", "evaluate_dg", "tables"}
+    for job in jobs:  # training because of its params; the rest because their input is retrained
+        why = "Params have changed" if job.rule == "train" else "Input files updated by another job"
+        assert job.rule == "all" or job.fields.get("reason", "").startswith(why), (job.rule, job.fields)
+    # an evaluation setting: evaluation and tables only
+    assert _rules_to_run(wt.dry_run(workflow_dir, "--config", "evaluate__batch_size=4", env=env)) == {
+        "evaluate", "evaluate_dg", "tables"}
+    # the embedded pretraining's settings: pretraining, import of moco_v2, and the moco_v2 runs only
+    jobs = wt.dry_run(workflow_dir, "--config", "checkpoints__moco_v2_pretrain__epochs=1", env=env)
+    assert _rules_to_run(jobs) == {"pretrain_moco_v2", "import_checkpoint", "train", "evaluate", "evaluate_dg", "tables"}
+    assert all("random" not in out for j in jobs if j.rule != "tables" for out in j.outputs)
+    # an execution setting that no rule tracks (threads are a resource): nothing to do
+    assert _rules_to_run(wt.dry_run(workflow_dir, "--config", "train__threads=2", env=env)) == set()
+
+
+@pytest.mark.slow  # ~25-50 s: three `dvc repro` of 38 stand-in stages
+def test_dvc_reruns_exactly_what_a_parameter_reaches(workflow_dir: Path, fake_mtwork, wt):
+    env = fake_mtwork.env
+    wt.run(["dvc", "repro"], workflow_dir, env=env, timeout=900)
+    assert (workflow_dir / "results/tables/mtl.md").exists()
+    again = wt.run(["dvc", "repro"], workflow_dir, env=env)
+    assert not re.findall(r"Running stage", again.stdout), again.stdout
+
+    # what `dvc exp run -S train.lr=0.001` does in its temporary copy: edit params.yaml, reproduce
+    _edit_params(workflow_dir, lambda p: p["train"].update(lr=0.001))
+    fake_mtwork.reset()
+    proc = wt.run(["dvc", "repro"], workflow_dir, env=env, timeout=900)
+    ran = {name.split("@")[0] for name in re.findall(r"Running stage '([^']+)'", proc.stdout)}
+    assert ran == {"train", "train_single_task", "evaluate", "evaluate_single_task", "evaluate_dg",
+                   "evaluate_dg_single_task", "tables"}, proc.stdout
+    assert {call[0] for call in fake_mtwork.calls()} == {"train", "evaluate", "tables"}
