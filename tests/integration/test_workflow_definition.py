@@ -265,3 +265,27 @@ def test_dvc_reruns_exactly_what_a_parameter_reaches(workflow_dir: Path, fake_mt
     assert ran == {"train", "train_single_task", "evaluate", "evaluate_single_task", "evaluate_dg",
                    "evaluate_dg_single_task", "tables"}, proc.stdout
     assert {call[0] for call in fake_mtwork.calls()} == {"train", "evaluate", "tables"}
+
+
+@pytest.mark.slow  # ~30-60 s: a `dvc repro` and a `dvc exp run` of the stand-in stages in a git repository
+def test_dvc_exp_run_reruns_training_and_not_data(workflow_dir: Path, fake_mtwork, wt):
+    env = fake_mtwork.env
+    config = workflow_dir / ".dvc" / "config"
+    config.write_text(config.read_text().replace("no_scm = true", ""))  # experiments need git
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "config", "user.name", "mtwork tests"],  # this repository only, never global
+        ["git", "config", "user.email", "tests@mtwork.invalid"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", "workflow"],
+    ):
+        wt.run(cmd, workflow_dir, env=env)
+    wt.run(["dvc", "repro"], workflow_dir, env=env, timeout=900)
+    wt.run(["git", "add", "-A"], workflow_dir, env=env)
+    wt.run(["git", "commit", "-qm", "baseline"], workflow_dir, env=env)
+    fake_mtwork.reset()
+    wt.run(["dvc", "exp", "run", "-S", "train.lr=0.001"], workflow_dir, env=env, timeout=900)
+    verbs = {call[0] for call in fake_mtwork.calls()}
+    assert verbs == {"train", "evaluate", "tables"}, fake_mtwork.calls()
+    shown = wt.run(["dvc", "exp", "show", "--csv"], workflow_dir, env=env)
+    assert "0.001" in shown.stdout
