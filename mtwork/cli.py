@@ -13,6 +13,7 @@ Snakemake rules and DVC stages call these and nothing else. Imports are lazy so 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import List, Sequence
@@ -201,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if not sys.stderr.isatty():
+        # In job logs (Snakemake, Slurm) a progress bar redrawn many times a second buries the log:
+        # redraw every 20 s instead. tqdm reads TQDM_* variables when it is first imported.
+        os.environ.setdefault("TQDM_MININTERVAL", "20")
     parser = build_parser()
     args = parser.parse_args(argv)
     from mtwork.config import ParamsError
