@@ -1,7 +1,9 @@
 """Checkpoint converters and the importer, on files written here in each upstream's published layout.
 
 Every format registered in ``CHECKPOINT_FORMATS`` must have an upstream-file builder in ``BUILDERS``
-(checked below), so the round-trip and refusal tests cover new formats by construction.
+(checked below), so the round-trip and refusal tests cover new formats by construction. The builders of
+the self-supervised releases (MoCo v3, SimCLR, BYOL, SwAV, DINO, DenseCL, PixPro, DetCo) live in
+``upstream_layouts.py``.
 """
 from __future__ import annotations
 
@@ -11,9 +13,8 @@ import functools
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, Optional, Set
+from typing import Callable, Dict, Optional
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a stray pretrained=True fails fast instead of retrying
 
@@ -24,57 +25,20 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from mtwork.checkpoints import importer as importer_module
 from mtwork.checkpoints.formats import CHECKPOINT_FORMATS, CheckpointFormatError, convert
 from mtwork.checkpoints.importer import CheckpointImportError, import_checkpoint
 from mtwork.models.backbones import create_backbone, create_features_model, expected_state
 
-ARCH = "resnet18"
+# A helper beside this file (tests/ has no __init__.py, so pytest puts this directory on sys.path).
+import upstream_layouts as layouts
+from upstream_layouts import ARCH, Upstream, randomise_bn
+
 DIM = 128  # MoCo's projection dimension
 PROBE = "layer4.1.conv2.weight"  # a backbone key the refusal tests remove or reshape
 
 
 # --------------------------------------------------------------------------- upstream files
-
-
-@dataclass
-class Upstream:
-    """One upstream checkpoint object, what importing it must give, and where its weights live.
-
-    ``reference``: the backbone state (timm keys) the import must reproduce exactly.
-    ``weights``: the dict inside ``obj`` holding tensors (mutated by the refusal tests).
-    ``key``: backbone key -> the key of the same tensor in ``weights``.
-    ``dropped``: upstream keys the report must list as dropped.
-    """
-
-    obj: Optional[dict]
-    reference: Dict[str, torch.Tensor]
-    weights: Optional[dict] = None
-    key: Callable[[str], str] = lambda k: k
-    dropped: Set[str] = field(default_factory=set)
-    # Tensors the import must NOT reproduce (e.g. MoCo's key encoder), by backbone key.
-    decoys: Dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def fresh(self) -> "Upstream":
-        """A copy whose dicts can be edited (tensors are shared: the tests replace, never modify them)."""
-        if self.weights is None:
-            return replace(self)
-        weights = dict(self.weights)
-        if self.obj is self.weights:
-            obj = weights
-        else:
-            obj = {k: (weights if v is self.weights else v) for k, v in self.obj.items()}
-        return replace(self, obj=obj, weights=weights)
-
-
-def _randomise_bn(model: nn.Module, seed: int) -> nn.Module:
-    """Give BN buffers distinct values: fresh models all hold zeros/ones, which would hide a mix-up."""
-    gen = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=gen))
-            module.running_var.copy_(torch.rand(module.running_var.shape, generator=gen) + 0.5)
-            module.num_batches_tracked.fill_(int(torch.randint(1, 1000, (1,), generator=gen)))
-    return model
 
 
 def _backbone_part(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -88,7 +52,7 @@ def moco_encoder(seed: int, mlp: bool = True) -> nn.Module:
     if mlp:
         width = encoder.fc.weight.shape[1]
         encoder.fc = nn.Sequential(nn.Linear(width, width), nn.ReLU(), encoder.fc)
-    return _randomise_bn(encoder, seed)
+    return randomise_bn(encoder, seed)
 
 
 def build_moco(mlp: bool = True, prefix: str = "module.", queue: int = 64, optimizer_steps: int = 1) -> Upstream:
@@ -121,14 +85,14 @@ def build_moco(mlp: bool = True, prefix: str = "module.", queue: int = 64, optim
 
 def build_torchvision() -> Upstream:
     torch.manual_seed(3)
-    model = _randomise_bn(torchvision.models.resnet18(), 3)
+    model = randomise_bn(torchvision.models.resnet18(), 3)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     return Upstream(obj=state, reference=_backbone_part(state), weights=state, dropped={"fc.weight", "fc.bias"})
 
 
 def build_timm() -> Upstream:
     torch.manual_seed(4)
-    model = _randomise_bn(timm.create_model(ARCH, pretrained=False), 4)
+    model = randomise_bn(timm.create_model(ARCH, pretrained=False), 4)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     return Upstream(obj=state, reference=_backbone_part(state), weights=state, dropped={"fc.weight", "fc.bias"})
 
@@ -144,6 +108,7 @@ BUILDERS: Dict[str, Callable[[], Upstream]] = {
     "torchvision": build_torchvision,
     "timm": build_timm,
     "random": build_random,
+    **layouts.BUILDERS,  # the self-supervised releases (moco_v3, simclr, byol, swav, dino, densecl, ...)
 }
 SOURCED = [name for name in CHECKPOINT_FORMATS.names() if name != "random"]
 
@@ -186,6 +151,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def expected_state_once_per_arch():
+    """The importer builds a model per import only to read its keys, shapes and dtypes (never its random
+    values); with ~60 imports here, building it once per arch saves a third of this file's time."""
+    cache: Dict[str, Dict[str, torch.Tensor]] = {}
+
+    def cached(arch: str) -> Dict[str, torch.Tensor]:
+        if arch not in cache:
+            cache[arch] = expected_state(arch)
+        return dict(cache[arch])
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(importer_module, "expected_state", cached)
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -397,8 +378,9 @@ def test_foreign_python_objects_need_allow_pickle(tmp_path):
 
 
 def test_unknown_format_missing_file_and_non_torch_file(tmp_path):
-    with pytest.raises(CheckpointImportError, match=r"unknown checkpoint format 'simclr' \(known: moco, random"):
-        import_checkpoint("simclr", None, tmp_path / "o.pt", ARCH)
+    with pytest.raises(CheckpointImportError, match=r"unknown checkpoint format 'nosuch' \(known: byol, ") as info:
+        import_checkpoint("nosuch", None, tmp_path / "o.pt", ARCH)
+    assert all(name in str(info.value) for name in CHECKPOINT_FORMATS.names())
     with pytest.raises(CheckpointImportError, match="cannot build backbone 'resnet999'"):
         import_checkpoint("random", None, tmp_path / "o.pt", "resnet999")
     with pytest.raises(CheckpointImportError, match="not found: .*nope.pth"):
@@ -411,8 +393,184 @@ def test_unknown_format_missing_file_and_non_torch_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["text.pth"]
 
 
-def test_converters_do_not_modify_their_input():
-    up = upstream("moco")
-    keys = list(up.obj["state_dict"])
-    convert("moco", up.obj)
-    assert list(up.obj["state_dict"]) == keys and "optimizer" in up.obj
+@pytest.mark.parametrize("fmt", SOURCED)
+def test_converters_do_not_modify_their_input(fmt):
+    up = _cached(fmt)
+    top, keys = list(up.obj), list(up.weights)
+    convert(fmt, up.obj)
+    assert list(up.obj) == top and list(up.weights) == keys
+
+
+# --------------------------------------------------------------------------- self-supervised releases
+
+SSL = ["moco", *layouts.BUILDERS]
+# MoCo v2 and the MoCo-style DetCo layout share their shape ('state_dict' with 'module.encoder_q.*'), so each
+# converter accepts the other's file: a DetCo file read as 'moco' keeps DetCo's heads, which the importer
+# refuses as unexpected keys; a MoCo file read as 'detco' gives MoCo's query encoder.
+LOOKALIKES = {("moco", "detco"), ("detco", "moco")}
+
+
+@pytest.mark.parametrize("fmt", SSL)
+def test_ssl_converter_refuses_the_other_layouts_naming_their_top_level_keys(fmt):
+    for other in SSL:
+        if other == fmt or (fmt, other) in LOOKALIKES:
+            continue
+        obj = _cached(other).obj
+        with pytest.raises(CheckpointFormatError, match="expected ") as info:
+            convert(fmt, obj)
+        first_key = next(iter(obj))
+        assert f"the file's top-level keys are ['{first_key}'" in str(info.value), (other, str(info.value))
+
+
+@pytest.mark.parametrize("fmt", SSL)
+def test_ssl_converter_refuses_no_file_and_non_dicts(fmt):
+    with pytest.raises(CheckpointFormatError, match=f"'{fmt}' converts an upstream file, but none was given"):
+        convert(fmt, None)
+    with pytest.raises(CheckpointFormatError, match="the file holds a list, not a dict"):
+        convert(fmt, [torch.zeros(1)])
+
+
+# What each converter must drop, by family, as the upstream layouts (converter docstrings) name them.
+DROPPED_FAMILIES = {
+    "moco_v3": {"module.base_encoder.fc.0.weight", "module.base_encoder.fc.4.running_var",
+                "module.momentum_encoder.conv1.weight", "module.momentum_encoder.fc.3.weight",
+                "module.predictor.1.bias", "scaler", "optimizer", "epoch", "arch"},
+    "simclr": {"fc.weight", "fc.bias"},
+    "byol": {"neck.fc0.weight", "neck.bn0.running_mean", "head.predictor.fc1.weight", "target_net.steps",
+             "target_net.module.0.layer4.1.conv2.weight", "target_net.module.1.fc0.bias", "meta",
+             "message_hub", "param_schedulers", "optimizer"},
+    "swav": {"module.projection_head.0.weight", "module.projection_head.1.running_var",
+             "module.projection_head.3.bias", "module.prototypes.weight"},
+    "dino": {"module.head.mlp.0.weight", "module.head.last_layer.weight_g", "module.head.last_layer.weight_v",
+             "student", "optimizer", "epoch", "args", "dino_loss"},
+    "densecl": {"queue", "queue_ptr", "queue2", "queue2_ptr", "encoder_q.0.conv1.weight",
+                "encoder_q.1.mlp.0.weight", "encoder_q.1.mlp2.2.bias", "encoder_k.0.layer4.1.conv2.weight",
+                "encoder_k.1.mlp2.0.weight", "meta", "optimizer"},
+    "pixpro": {"module.encoder_k.conv1.weight", "module.projector.linear1.weight", "module.projector.bn1.running_var",
+               "module.projector_k.linear2.bias", "module.value_transform.weight", "opt", "optimizer",
+               "scheduler", "epoch", "amp"},
+    "detco": {"module.queue", "module.queue_ptr", "module.encoder_q.layers.3.1.conv2.weight",
+              "module.encoder_q.global_mlps.0.mlp.0.weight", "module.encoder_q.local_mlps.3.mlp.2.bias",
+              "module.encoder_k.conv1.weight", "module.encoder_k.local_mlps.0.mlp.0.weight", "optimizer"},
+}
+
+
+def test_dropped_families_cover_every_ssl_builder():
+    assert set(DROPPED_FAMILIES) == set(layouts.BUILDERS)
+
+
+@pytest.mark.parametrize("fmt", sorted(DROPPED_FAMILIES))
+def test_ssl_converter_keeps_the_encoder_and_drops_heads_momentum_encoders_and_state(fmt):
+    up = _cached(fmt)
+    conversion = convert(fmt, up.obj)
+    _assert_state_equal(conversion.state_dict, up.reference)
+    assert DROPPED_FAMILIES[fmt] <= set(conversion.dropped)
+    assert set(conversion.dropped) == up.dropped and len(conversion.dropped) == len(up.dropped)
+
+
+def test_moco_v3_single_process_checkpoint():
+    up = layouts.build_moco_v3(prefix="")
+    conversion = convert("moco_v3", up.obj)
+    _assert_state_equal(conversion.state_dict, up.reference)
+    assert set(conversion.dropped) == up.dropped and "predictor.0.weight" in conversion.dropped
+    assert conversion.notes == "MoCo v3 checkpoint (arch=resnet18, epoch=300); encoder 'base_encoder.*'"
+
+
+def test_moco_v3_refuses_a_moco_v2_checkpoint_naming_what_it_found():
+    with pytest.raises(CheckpointFormatError) as info:
+        convert("moco_v3", _cached("moco").obj)
+    message = str(info.value)
+    assert "'module.base_encoder.*'" in message and "'state_dict'" in message
+    assert "module.encoder_q." in message or "module.queue" in message  # the state dict's first keys
+
+
+def test_simclr_v1_file_holds_only_state_dict():
+    up = upstream("simclr")
+    with pytest.raises(CheckpointFormatError, match="only 'state_dict' belongs at the top level"):
+        convert("simclr", {**up.obj, "optimizer": {}})
+
+
+def test_simclr_v2_renamed_weights_compute_what_separius_resnet_computes():
+    # A bottleneck ResNet in Separius's module tree with random weights and BN statistics; after renaming,
+    # torchvision's ResNet must load it and produce the same features (BN swaps would show in eval mode).
+    torch.manual_seed(0)
+    separius = randomise_bn(layouts.SimCLRv2ResNet(layers=(1, 1, 1, 1)), 0).eval()
+    conversion = convert("simclr", layouts.simclr_v2_file(separius))
+    assert set(conversion.dropped) == {"fc.weight", "fc.bias", "head"}
+    assert "SimCLR v2 (Separius/SimCLRv2-Pytorch)" in conversion.notes
+    resnet = torchvision.models.resnet.ResNet(torchvision.models.resnet.Bottleneck, [1, 1, 1, 1]).eval()
+    missing, unexpected = resnet.load_state_dict(conversion.state_dict, strict=False)
+    assert missing == ["fc.weight", "fc.bias"] and unexpected == []
+    trunk = nn.Sequential(*list(resnet.children())[:-2])
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(trunk(x), separius(x))
+
+
+def test_simclr_v2_resnet50_keys_and_shapes_are_torchvisions():
+    with torch.device("meta"):
+        separius = layouts.SimCLRv2ResNet(layers=(3, 4, 6, 3))
+        resnet50 = torchvision.models.resnet50()
+    conversion = convert("simclr", layouts.simclr_v2_file(separius))
+    want = {k: v.shape for k, v in resnet50.state_dict().items() if not k.startswith("fc.")}
+    assert {k: v.shape for k, v in conversion.state_dict.items()} == want
+
+
+def test_simclr_v2_selective_kernel_model_is_refused():
+    with torch.device("meta"):
+        obj = layouts.simclr_v2_file(layouts.SimCLRv2ResNet(layers=(1, 1, 1, 1)))
+    resnet = obj["resnet"]
+    del resnet["net.1.blocks.0.net.2.weight"]  # sk1 replaces the 3x3 conv by a selective kernel
+    resnet["net.1.blocks.0.net.2.main_conv.0.weight"] = torch.zeros(1)
+    with pytest.raises(CheckpointFormatError, match=r"1 keys have no torchvision ResNet name: "
+                                                    r"\['net\.1\.blocks\.0\.net\.2\.main_conv\.0\.weight'\]"):
+        convert("simclr", obj)
+
+
+def test_simclr_v2_truncated_file_is_refused_by_the_importer(tmp_path):
+    # timm's resnet26 is the bottleneck ResNet with 2 blocks per stage: Separius's tree with layers (2, 2, 2, 2).
+    torch.manual_seed(0)
+    obj = layouts.simclr_v2_file(layouts.SimCLRv2ResNet(layers=(2, 2, 2, 2)))
+    del obj["resnet"]["net.4.blocks.1.net.4.weight"]
+    torch.save(obj, tmp_path / "r26_1x_sk0.pth")
+    with pytest.raises(CheckpointImportError, match=r"missing 1 backbone keys: layer4\.1\.conv3\.weight"):
+        import_checkpoint("simclr", tmp_path / "r26_1x_sk0.pth", tmp_path / "o.pt", "resnet26")
+    assert not (tmp_path / "o.pt").exists()
+
+
+def test_byol_openselfsup_layout():
+    up = layouts.build_byol_openselfsup()
+    conversion = convert("byol", up.obj)
+    _assert_state_equal(conversion.state_dict, up.reference)
+    assert set(conversion.dropped) == up.dropped and "online_net.0.conv1.weight" in conversion.dropped
+
+
+def test_swav_main_swav_checkpoint_and_plain_resnet_refusal():
+    up = upstream("swav")
+    wrapped = {"epoch": 800, "state_dict": up.obj, "optimizer": layouts.optimizer_state()}
+    conversion = convert("swav", wrapped)
+    _assert_state_equal(conversion.state_dict, up.reference)
+    assert set(conversion.dropped) == up.dropped | {"epoch", "optimizer"}
+    plain = {f"module.{k}": v for k, v in up.reference.items()}
+    with pytest.raises(CheckpointFormatError, match=r"no 'projection_head\*' or 'prototypes\*' keys"):
+        convert("swav", plain)
+
+
+def test_dino_backbone_release_is_a_bare_torchvision_state_dict():
+    reference = layouts.encoder()
+    conversion = convert("dino", dict(reference))
+    _assert_state_equal(conversion.state_dict, reference)
+    assert conversion.dropped == [] and conversion.notes.startswith("DINO backbone release")
+    assert convert("dino", _cached("dino").obj).notes.startswith("DINO checkpoint, teacher (epoch=800)")
+
+
+def test_densecl_release_and_its_author_tag():
+    reference = layouts.encoder()
+    conversion = convert("densecl", {"state_dict": reference, "author": "DenseCL"})
+    _assert_state_equal(conversion.state_dict, reference)
+    assert conversion.dropped == ["author"]
+    # Without the tag the file reads as a training checkpoint, whose 'backbone.*' keys it lacks.
+    expected = (r"the DenseCL release: .*'author': 'DenseCL'.* or a DenseCL training checkpoint"
+                r".*no ResNet keys under 'module\.backbone\.\*'")
+    with pytest.raises(CheckpointFormatError, match=expected):
+        convert("densecl", {"state_dict": reference})

@@ -186,15 +186,14 @@ def nonlinear_neck(name: str, in_dim: int, hidden: int, out_dim: int) -> Dict[st
 def build_byol() -> Upstream:
     """mmselfsup 1.x BYOL checkpoint: online backbone/neck/head, ``CosineEMA`` target (``target_net.module``)."""
     enc = encoder()
-    neck = nonlinear_neck("neck", width(), 4096, 256)
     target = decoys(shapes(enc), -2.0)
     state = {
         **prefixed("backbone.", enc),
-        **decoys(neck, 1.0),
+        **decoys(nonlinear_neck("neck", width(), 4096, 256), 1.0),
         **decoys(nonlinear_neck("head.predictor", 256, 4096, 256), 3.0),
         "target_net.steps": torch.tensor(250200),
         **prefixed("target_net.module.0.", target),
-        **decoys(neck, -1.0, "target_net.module.1."),
+        **decoys(nonlinear_neck("target_net.module.1", width(), 4096, 256), -1.0),
     }
     obj = {
         "meta": {"epoch": 200, "iter": 250200, "mmengine_version": "0.7.0", "seed": 0,
