@@ -1,4 +1,4 @@
-"""Unlabeled images for self-supervised pretraining: every JPEG under some folders, as view pairs."""
+"""Unlabeled images for self-supervised pretraining: every JPEG under some folders, as augmented views."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,6 +9,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 JPEG_SUFFIXES = (".jpg", ".jpeg")
+
+Transform = Callable[[Image.Image], torch.Tensor]
 
 
 def find_images(image_dirs: Sequence[str | Path]) -> List[Path]:
@@ -32,21 +34,33 @@ def find_images(image_dirs: Sequence[str | Path]) -> List[Path]:
     return unique
 
 
-class TwoViewImages(Dataset):
-    """Item ``i``: two independently augmented views ``(3,H,W), (3,H,W)`` float of image ``i``."""
+class MultiViewImages(Dataset):
+    """Item ``i``: one view of image ``i`` per transform, ``transforms[j](image)`` -> (3,H_j,W_j) float.
 
-    def __init__(self, files: Sequence[Path], transform: Callable[[Image.Image], torch.Tensor]):
+    The image is decoded once per item; views are drawn in transform order (global RNG).
+    """
+
+    def __init__(self, files: Sequence[Path], transforms: Sequence[Transform]):
+        if not transforms:
+            raise ValueError("MultiViewImages needs at least one transform")
         self.files = list(files)
-        self.transform = transform
+        self.transforms = list(transforms)
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, ...]:
         path = self.files[index]
         try:
             with Image.open(path) as handle:
                 image = handle.convert("RGB")
         except OSError as exc:
             raise OSError(f"cannot read image {path}: {exc}") from exc
-        return self.transform(image), self.transform(image)
+        return tuple(transform(image) for transform in self.transforms)
+
+
+class TwoViewImages(MultiViewImages):
+    """Item ``i``: two independently augmented views ``(3,H,W), (3,H,W)`` float of image ``i``."""
+
+    def __init__(self, files: Sequence[Path], transform: Transform):
+        super().__init__(files, [transform, transform])

@@ -15,24 +15,31 @@ after, as upstream's ``_batch_shuffle_ddp``. ``bn_splits=1`` turns this off (one
 from __future__ import annotations
 
 import copy
-import math
-import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
-from mtwork.io import save_torch, write_json
 from mtwork.pretrain.augment import moco_v2_transform
-from mtwork.pretrain.images import TwoViewImages, find_images
+from mtwork.pretrain.common import (
+    DDP_PREFIX,
+    PRETRAINERS,
+    LoopSettings,
+    SSLModel,
+    check_bn_splits,
+    check_queue,
+    cosine_lr,
+    create_resnet,
+    ema_update,
+    forward_in_chunks,
+    forward_shuffled,
+    prefixed,
+    run_pretraining,
+)
 
-# DistributedDataParallel's key prefix: upstream checkpoints are saved from the DDP-wrapped model.
-DDP_PREFIX = "module."
+__all__ = ["MoCo", "create_moco_encoder", "cosine_lr", "upstream_checkpoint", "pretrain_moco_v2", "DDP_PREFIX"]
 
 
 def create_moco_encoder(arch: str, dim: int, mlp: bool = True) -> nn.Module:
@@ -41,24 +48,36 @@ def create_moco_encoder(arch: str, dim: int, mlp: bool = True) -> nn.Module:
     v2 (``mlp=True``): ``fc = Sequential(Linear(d,d), ReLU, Linear(d,dim))`` -> keys ``fc.0.*``, ``fc.2.*``;
     v1: ``fc = Linear(d,dim)``. Only ResNet-style models (classifier named ``fc``) fit the upstream layout.
     """
-    encoder = timm.create_model(arch, pretrained=False, num_classes=dim)
-    fc = getattr(encoder, "fc", None)
-    if not isinstance(fc, nn.Linear):
-        raise ValueError(
-            f"MoCo's checkpoint layout needs a ResNet-style 'fc' classifier; timm '{arch}' has "
-            f"'{encoder.default_cfg.get('classifier', '?')}'"
-        )
+    encoder = create_resnet(arch, num_classes=dim)
     if mlp:
-        width = fc.weight.shape[1]
-        encoder.fc = nn.Sequential(nn.Linear(width, width), nn.ReLU(), fc)
+        width = encoder.fc.weight.shape[1]
+        encoder.fc = nn.Sequential(nn.Linear(width, width), nn.ReLU(), encoder.fc)
     return encoder
 
 
-class MoCo(nn.Module):
+def enqueue(queue: torch.Tensor, queue_ptr: torch.Tensor, keys: torch.Tensor) -> None:
+    """Replace the oldest ``B`` columns of ``queue`` (dim, K) with ``keys`` (B, dim); K a multiple of B."""
+    batch = keys.shape[0]
+    ptr = int(queue_ptr)
+    queue[:, ptr : ptr + batch] = keys.T
+    queue_ptr[0] = (ptr + batch) % queue.shape[1]
+
+
+def info_nce_logits(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(N,C) queries, (N,C) positive keys, (C,K) negatives, all L2-normalised -> logits (N, 1+K) / T,
+    the positive in column 0 (``moco/builder.py``; DenseCL's ``ContrastiveHead``)."""
+    l_pos = (q * k).sum(dim=1, keepdim=True)
+    l_neg = q @ queue.clone().detach()
+    return torch.cat([l_pos, l_neg], dim=1) / temperature
+
+
+class MoCo(SSLModel):
     """Query encoder, momentum key encoder and a queue of negatives (``moco/builder.py``).
 
     ``queue``: (dim, K) L2-normalised keys, oldest overwritten first at ``queue_ptr``.
     """
+
+    lr_per_iteration = False  # main_moco.py sets the cosine rate once per epoch
 
     def __init__(
         self,
@@ -86,20 +105,12 @@ class MoCo(nn.Module):
     @torch.no_grad()
     def momentum_update(self) -> None:
         """encoder_k <- m * encoder_k + (1 - m) * encoder_q (parameters only; BN buffers are its own)."""
-        for param_q, param_k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
-            param_k.mul_(self.momentum).add_(param_q.detach(), alpha=1.0 - self.momentum)
+        ema_update(self.encoder_k, self.encoder_q, self.momentum)
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
         """Replace the oldest ``B`` queue columns with ``keys`` (B, dim); K must be a multiple of B."""
-        batch = keys.shape[0]
-        ptr = int(self.queue_ptr)
-        self.queue[:, ptr : ptr + batch] = keys.T
-        self.queue_ptr[0] = (ptr + batch) % self.queue.shape[1]
-
-    def _chunked(self, encoder: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        # One forward per simulated GPU, so every chunk has its own BatchNorm statistics.
-        return torch.cat([encoder(chunk) for chunk in images.chunk(self.bn_splits)])
+        enqueue(self.queue, self.queue_ptr, keys)
 
     def forward(self, im_q: torch.Tensor, im_k: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Two views (B,3,H,W) -> logits (B, 1+K) / T and labels (B,) zeros (the positive is column 0).
@@ -107,34 +118,31 @@ class MoCo(nn.Module):
         Side effects as upstream: momentum update of encoder_k before computing keys, and the keys
         enqueued after the logits are formed.
         """
-        q = F.normalize(self._chunked(self.encoder_q, im_q), dim=1)
+        q = F.normalize(forward_in_chunks(self.encoder_q, im_q, self.bn_splits), dim=1)
         with torch.no_grad():
             self.momentum_update()
-            if self.bn_splits > 1:
-                shuffle = torch.randperm(im_k.shape[0])
-                k = self._chunked(self.encoder_k, im_k[shuffle])[torch.argsort(shuffle)]
-            else:
-                k = self.encoder_k(im_k)
-            k = F.normalize(k, dim=1)
-        l_pos = (q * k).sum(dim=1, keepdim=True)
-        l_neg = q @ self.queue.clone().detach()
-        logits = torch.cat([l_pos, l_neg], dim=1) / self.temperature
+            k = F.normalize(forward_shuffled(self.encoder_k, im_k, self.bn_splits), dim=1)
+        logits = info_nce_logits(q, k, self.queue, self.temperature)
         labels = torch.zeros(logits.shape[0], dtype=torch.long)
         self.enqueue(k)
         return logits, labels
 
+    def training_step(self, views, epoch):
+        logits, labels = self(views[0], views[1])
+        loss = F.cross_entropy(logits, labels)
+        return loss, {"acc1": (logits.argmax(dim=1) == 0).float().mean().item()}
 
-def cosine_lr(base_lr: float, epoch: int, epochs: int) -> float:
-    """Upstream ``adjust_learning_rate`` with ``--cos``: set once per epoch, epoch counted from 0."""
-    return base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+    def summary(self) -> Dict:
+        return {"queue_ptr": int(self.queue_ptr)}
 
 
 def upstream_checkpoint(model: MoCo, optimizer: torch.optim.Optimizer, epoch: int, arch: str) -> Dict:
     """The dict ``main_moco.py`` saves: keys prefixed ``module.`` as from the DDP-wrapped model."""
-    state = {DDP_PREFIX + key: value.detach().clone() for key, value in model.state_dict().items()}
-    return {"epoch": epoch, "arch": arch, "state_dict": state, "optimizer": optimizer.state_dict()}
+    return {"epoch": epoch, "arch": arch, "state_dict": prefixed(DDP_PREFIX, model.state_dict()),
+            "optimizer": optimizer.state_dict()}
 
 
+@PRETRAINERS.register("moco")
 def pretrain_moco_v2(
     image_dirs: Sequence[str | Path],
     out: str | Path,
@@ -158,90 +166,21 @@ def pretrain_moco_v2(
     Writes ``out`` (``{"epoch", "arch", "state_dict": {"module.encoder_q.*", "module.encoder_k.*",
     "module.queue", "module.queue_ptr"}, "optimizer"}``) and ``out.with_suffix(".json")`` (config and
     losses), both atomically. ``crop`` in pixels; ``lr`` is the SGD base rate (upstream: 0.03 at batch
-    256, cosine over epochs); ``momentum`` is the key encoder's EMA factor (upstream 0.999 for 200
-    epochs; smaller suits short runs). Deterministic for a given seed on CPU with ``num_workers=0``.
-    Returns ``{"losses", "acc1"`` (per epoch means)``, "images_seen", "iterations", "num_images",
-    "queue_ptr", "seconds"}``.
+    256, cosine over epochs; weight decay 1e-4); ``momentum`` is the key encoder's EMA factor (upstream
+    0.999 for 200 epochs; smaller suits short runs). Deterministic for a given seed on CPU with
+    ``num_workers=0``. Returns ``{"losses", "acc1"`` (per epoch means)``, "images_seen", "iterations",
+    "num_images", "queue_ptr", "seconds", "epoch_seconds"}``.
     """
-    out = Path(out)
-    files = find_images(image_dirs)
-    _check_sizes(len(files), batch_size, queue_size, bn_splits, image_dirs)
-    previous_threads = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    try:
-        torch.manual_seed(seed)
-        model = MoCo(arch, dim, queue_size, momentum, temperature, mlp=True, bn_splits=bn_splits)
-        # All parameters, as upstream (encoder_k's have no grad and are skipped by SGD).
-        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
-        loader = DataLoader(
-            TwoViewImages(files, moco_v2_transform(crop)),
-            batch_size=batch_size,
-            shuffle=True,
-            drop_last=True,  # a full batch per step keeps the queue a whole number of batches
-            num_workers=num_workers,
-            generator=torch.Generator().manual_seed(seed),
-        )
-        history = _train(model, optimizer, loader, epochs, lr, progress)
-    finally:
-        torch.set_num_threads(previous_threads)
-
-    save_torch(out, upstream_checkpoint(model, optimizer, epochs, arch))
-    config = dict(
-        arch=arch, epochs=epochs, batch_size=batch_size, crop=crop, queue_size=queue_size, momentum=momentum,
-        temperature=temperature, lr=lr, dim=dim, seed=seed, bn_splits=bn_splits,
-        image_dirs=[str(d) for d in image_dirs],
+    check_queue(queue_size, batch_size)
+    check_bn_splits(batch_size, bn_splits)
+    settings = LoopSettings(epochs=epochs, batch_size=batch_size, crop=crop, lr=lr, weight_decay=1e-4, seed=seed,
+                            num_threads=num_threads, progress=progress, num_workers=num_workers)
+    config = dict(arch=arch, queue_size=queue_size, momentum=momentum, temperature=temperature, dim=dim,
+                  bn_splits=bn_splits)
+    transform = moco_v2_transform(crop)
+    return run_pretraining(
+        "moco v2", image_dirs, out, settings, [transform, transform],
+        build_model=lambda: MoCo(arch, dim, queue_size, momentum, temperature, mlp=True, bn_splits=bn_splits),
+        write_checkpoint=lambda model, optimizer, history: upstream_checkpoint(model, optimizer, epochs, arch),
+        config=config,
     )
-    result = {**history, "num_images": len(files), "queue_ptr": int(model.queue_ptr)}
-    write_json(out.with_suffix(".json"), {"checkpoint": str(out), "config": config, **result})
-    return result
-
-
-def _train(model: MoCo, optimizer, loader: DataLoader, epochs: int, lr: float, progress: bool) -> Dict:
-    model.train()
-    criterion = nn.CrossEntropyLoss()
-    losses: List[float] = []
-    accs: List[float] = []
-    seen = iterations = 0
-    start = time.perf_counter()
-    for epoch in range(epochs):
-        for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(lr, epoch, epochs)
-        total_loss = total_acc = 0.0
-        steps = 0
-        bar = tqdm(loader, desc=f"moco v2 epoch {epoch + 1}/{epochs}", unit="batch", disable=not progress)
-        for im_q, im_k in bar:
-            logits, labels = model(im_q, im_k)
-            loss = criterion(logits, labels)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"MoCo loss is {loss.item()} at epoch {epoch} step {steps}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += loss.item()
-            total_acc += (logits.argmax(dim=1) == 0).float().mean().item()
-            steps += 1
-            seen += im_q.shape[0]
-            bar.set_postfix(loss=f"{total_loss / steps:.3f}")
-        iterations += steps
-        losses.append(total_loss / steps)
-        accs.append(total_acc / steps)
-    return {
-        "losses": losses,
-        "acc1": accs,
-        "images_seen": seen,
-        "iterations": iterations,
-        "seconds": round(time.perf_counter() - start, 2),
-    }
-
-
-def _check_sizes(num_images: int, batch_size: int, queue_size: int, bn_splits: int, image_dirs) -> None:
-    if num_images < batch_size:
-        raise ValueError(f"MoCo needs at least batch_size={batch_size} images, found {num_images} under {list(image_dirs)}")
-    if queue_size % batch_size:
-        raise ValueError(f"queue_size={queue_size} must be a multiple of batch_size={batch_size} (upstream assumption)")
-    if batch_size % bn_splits or batch_size // bn_splits < 2:
-        raise ValueError(
-            f"batch_size={batch_size} must split into bn_splits={bn_splits} chunks of at least 2 images "
-            "(BatchNorm needs 2 samples)"
-        )
