@@ -2,7 +2,7 @@
 
     mtwork generate           SynthDrive -> data/synthdrive/<domain>/ (BDD100K layout)
     mtwork data check         validate a BDD100K-layout dataset (exit 1 on problems)
-    mtwork pretrain moco_v2   embedded MoCo v2 on unlabeled images -> upstream-format checkpoint
+    mtwork pretrain           embedded SSL pretraining (MoCo v2, SimCLR, BYOL, DINO, DenseCL) -> upstream layout
     mtwork import-checkpoint  upstream checkpoint -> models/pretrained/<source>.pt (+ provenance)
     mtwork train              one run: adapt/finetune stages -> models/runs/<run>/final.pt
     mtwork evaluate           a trained run on a domain's val split -> results/metrics/...json
@@ -62,26 +62,38 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from mtwork.pretrain.moco import pretrain_moco_v2
+    import inspect
+
+    from mtwork.pretrain import PRETRAINERS
 
     params = _params(args)
-    cfg = params["checkpoints"]["moco_v2_pretrain"]
+    catalog = params["checkpoints"]["catalog"]
+    if args.source not in catalog:
+        raise KeyError(f"checkpoint source '{args.source}' is not in checkpoints.catalog of {args.params}")
+    entry = catalog[args.source]
+    if entry["format"] not in PRETRAINERS or "pretrain" not in entry:
+        raise ValueError(
+            f"checkpoint source '{args.source}' (format '{entry['format']}') has no embedded pretraining "
+            f"(formats with one: {', '.join(PRETRAINERS.names())}; the entry needs a `pretrain` block)"
+        )
+    pretrain = PRETRAINERS.get(entry["format"])
+    accepted = inspect.signature(pretrain).parameters
+    for key in entry["pretrain"]:
+        if key not in accepted or key in ("image_dirs", "out", "arch", "seed", "num_threads", "progress"):
+            raise KeyError(f"'checkpoints.catalog.{args.source}.pretrain.{key}' is not a setting of the {entry['format']} pretraining")
+    shared = params["checkpoints"]["pretrain"]
     image_dirs = [args.data / "images" / "100k" / "train", args.data / "images" / "10k" / "train"]
-    pretrain_moco_v2(
+    pretrain(
         [d for d in image_dirs if d.is_dir()],
         args.out,
         arch=params["model"]["backbone"],
-        epochs=cfg["epochs"],
-        batch_size=cfg["batch_size"],
-        crop=cfg["crop"],
-        queue_size=cfg["queue_size"],
-        momentum=cfg["momentum"],
-        temperature=cfg["temperature"],
-        lr=cfg["lr"],
-        dim=cfg["dim"],
+        epochs=shared["epochs"],
+        batch_size=shared["batch_size"],
+        crop=shared["crop"],
         seed=args.seed,
         num_threads=args.threads,
         progress=True,
+        **entry["pretrain"],
     )
     return 0
 
@@ -150,9 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
     c.set_defaults(func=cmd_data_check)
 
-    p = sub.add_parser("pretrain", help="embedded self-supervised pretraining on unlabeled images")
-    p.add_argument("method", choices=["moco_v2"])
+    p = sub.add_parser(
+        "pretrain",
+        help="embedded self-supervised pretraining on unlabeled images, written in the source's upstream layout",
+    )
     _add_params(p)
+    p.add_argument("--source", required=True, help="a checkpoints.catalog entry with a `pretrain` block")
     p.add_argument("--data", required=True, type=Path, help="BDD100K-layout root whose train images are used")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--seed", type=int, default=0)

@@ -17,6 +17,10 @@ DATASETS = ("synthdrive", "bdd100k")
 TASK_NAMES = ("semseg", "drivable", "det")
 PARADIGMS = ("single_task", "pretrain_finetune", "pretrain_adapt_finetune")
 DEVICES = ("auto", "cpu", "cuda")
+# Checkpoint formats that have an embedded pretraining run (mtwork.pretrain.PRETRAINERS; a test keeps
+# the two equal, without importing torch here).
+EMBEDDED_PRETRAIN_FORMATS = ("byol", "densecl", "dino", "moco", "simclr")
+CATALOG_KEYS = ("format", "path", "pretrain")
 
 _num = (int, float)
 _opt_str = (str, type(None))
@@ -44,16 +48,7 @@ SCHEMA: Dict[str, Any] = {
     "checkpoints": {
         "sources": _list_of(str),
         "catalog": ("mapping", Mapping),  # entries checked in _check_semantics
-        "moco_v2_pretrain": {
-            "epochs": int,
-            "batch_size": int,
-            "crop": int,
-            "queue_size": int,
-            "momentum": _num,
-            "temperature": _num,
-            "lr": _num,
-            "dim": int,
-        },
+        "pretrain": {"epochs": int, "batch_size": int, "crop": int},
     },
     "model": {
         "backbone": str,
@@ -181,8 +176,10 @@ def _check_semantics(p: Dict[str, Any]) -> None:
             raise ParamsError(f"missing key 'train.loss_weights.{task}'")
     for name, entry in ckpt["catalog"].items():
         for sub in entry:
-            if sub not in ("format", "path"):
-                raise ParamsError(f"unknown key 'checkpoints.catalog.{name}.{sub}' (known: format, path)")
+            if sub not in CATALOG_KEYS:
+                raise ParamsError(f"unknown key 'checkpoints.catalog.{name}.{sub}' (known: {', '.join(CATALOG_KEYS)})")
+        if "pretrain" in entry and not isinstance(entry["pretrain"], Mapping):
+            raise ParamsError(f"'checkpoints.catalog.{name}.pretrain' must be a mapping of pretraining settings")
         if not isinstance(entry.get("format"), str):
             raise ParamsError(f"'checkpoints.catalog.{name}.format' must be a string, got {entry.get('format')!r}")
         if not isinstance(entry.get("path"), _opt_str):
@@ -194,8 +191,12 @@ def _check_semantics(p: Dict[str, Any]) -> None:
                 f"(known: {', '.join(ckpt['catalog'])})"
             )
         entry = ckpt["catalog"][source]
-        if entry["format"] != "random" and not entry.get("path") and source != "moco_v2":
-            raise ParamsError(f"'checkpoints.catalog.{source}.path' is null: source '{source}' needs its weights file")
+        if entry["format"] != "random" and not entry.get("path"):
+            if entry["format"] not in EMBEDDED_PRETRAIN_FORMATS or "pretrain" not in entry:
+                raise ParamsError(
+                    f"'checkpoints.catalog.{source}.path' is null: source '{source}' needs its weights file "
+                    f"(only formats {', '.join(EMBEDDED_PRETRAIN_FORMATS)} with a `pretrain` block can be made here)"
+                )
         if p["scale"] == "paper" and entry["format"] != "random" and not entry.get("path"):
             raise ParamsError(
                 f"'checkpoints.catalog.{source}.path' is null: at paper scale every source needs its upstream file"

@@ -102,7 +102,22 @@ def upstream_checkpoint_path(params: Mapping[str, Any], source: str) -> Path | N
         return None
     if entry.get("path"):
         return Path(entry["path"])
-    return MODELS_DIR / "upstream" / f"{source}.pth.tar"  # made by the embedded pretraining
+    return embedded_checkpoint_path(source)
+
+
+def embedded_checkpoint_path(source: str) -> Path:
+    """Where the embedded pretraining of ``source`` writes its upstream-format checkpoint."""
+    return MODELS_DIR / "upstream" / f"{source}.pth.tar"
+
+
+def embedded_pretrain_sources(params: Mapping[str, Any]) -> List[str]:
+    """The planned sources whose upstream file is made by an embedded pretraining run."""
+    catalog = params["checkpoints"]["catalog"]
+    return [
+        s
+        for s in params["checkpoints"]["sources"]
+        if catalog[s]["format"] != "random" and not catalog[s].get("path")
+    ]
 
 
 def pretrained_path(source: str) -> Path:

@@ -1,23 +1,25 @@
-# Checkpoints: the embedded MoCo v2 pretraining (when the catalog gives no file) and the import of
-# every source into backbone keys (models/pretrained/<source>.pt).
+# Checkpoints: the embedded self-supervised pretraining of each source whose catalog entry gives no
+# file (MoCo v2, SimCLR, BYOL, DINO, DenseCL, written in the upstream layout), and the import of every
+# source into backbone keys (models/pretrained/<source>.pt).
 
 
-rule pretrain_moco_v2:
+rule pretrain:
     input:
         data=dataset_input(SOURCE_DOMAIN),
         check=str(plan.data_check_path(SOURCE_DOMAIN)),
     output:
-        EMBEDDED_MOCO,
+        str(plan.embedded_checkpoint_path("{source}")),
     log:
-        "logs/pretrain_moco_v2.log",
+        "logs/pretrain/{source}.log",
     params:
         args=MTWORK_ARGS,
-        settings=rule_params("pretrain_moco_v2"),
+        settings=rule_params("pretrain"),
     threads: TRAIN_THREADS
     conda:
         CONDA_ENV
     shell:
-        "mtwork pretrain moco_v2 {params.args} --data {input.data:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
+        "mtwork pretrain {params.args} --source {wildcards.source} --data {input.data:q} --out {output:q} "
+        "--threads {threads} > {log:q} 2>&1"
 
 
 rule import_checkpoint:

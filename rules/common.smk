@@ -110,7 +110,7 @@ TRAIN_KEYS = [f"train.{k}" for k in ("epochs", "adapt_epochs", "batch_size", "in
 PARAM_KEYS = {
     "generate_synthdrive": ["data.synthdrive"],
     "check_data": [],
-    "pretrain_moco_v2": ["checkpoints.moco_v2_pretrain", "model.backbone"],
+    "pretrain": ["checkpoints.pretrain", "checkpoints.catalog.{source}", "model.backbone"],
     "import_checkpoint": ["checkpoints.catalog.{source}", "model.backbone"],
     # model: the architecture and the det post-processing stored with final.pt; not workers/threads
     "train": TRAIN_KEYS + ["model"],
@@ -148,10 +148,8 @@ RUN_FINAL = "final.pt"  # written by `mtwork train` into the run directory (see 
 RUN_LOG = "log.json"
 TABLES_DIR = str(plan.RESULTS_DIR / "tables")
 FIGURES_DIR = str(plan.RESULTS_DIR / "figures")
-# where the embedded MoCo v2 pretraining writes (the catalog entry's path when it is null)
-EMBEDDED_MOCO = str(
-    plan.upstream_checkpoint_path({"checkpoints": {"catalog": {"moco_v2": {"format": "moco", "path": None}}}}, "moco_v2")
-)
+# sources whose upstream file the embedded pretraining makes (catalog path null)
+EMBEDDED_SOURCES = plan.embedded_pretrain_sources(P)
 
 
 def dataset_root(domain):
@@ -174,7 +172,7 @@ def upstream_input(wildcards):
     path = plan.upstream_checkpoint_path(P, wildcards.source)
     if path is None:
         return []
-    return [str(path)] if str(path) == EMBEDDED_MOCO else [ancient(str(path))]
+    return [str(path)] if wildcards.source in EMBEDDED_SOURCES else [ancient(str(path))]
 
 
 def train_checkpoint(wildcards):

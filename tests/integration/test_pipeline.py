@@ -26,7 +26,8 @@ TINY = [
     "train__batch_size=4",
     "train__seeds=[0]",
     "checkpoints__sources=[random, moco_v2]",
-    "checkpoints__moco_v2_pretrain={epochs: 1, batch_size: 8, crop: 32, queue_size: 64}",
+    "checkpoints__pretrain={epochs: 1, batch_size: 8, crop: 32}",
+    "checkpoints__catalog__moco_v2__pretrain__queue_size=64",
     "evaluate__batch_size=4",
 ]
 

@@ -27,7 +27,7 @@ DVC_STAGE_RULE = {
     "generate_synthdrive_dg": "generate_synthdrive",
     "check_data": "check_data",
     "check_data_dg": "check_data",
-    "pretrain_moco_v2": "pretrain_moco_v2",
+    "pretrain": "pretrain",
     "import_checkpoint": "import_checkpoint",
     "train": "train",
     "train_single_task": "train",
@@ -111,7 +111,7 @@ def test_snakemake_and_dvc_plan_the_same_jobs(workflow_dir: Path, variant: str, 
     assert rules.count("train") == rules.count("evaluate") == n_runs
     assert rules.count("evaluate_dg") == n_runs * len(params["data"]["dg_domains"])
     assert rules.count("generate_synthdrive") == 1 + len(params["data"]["dg_domains"])
-    assert rules.count("pretrain_moco_v2") == 1 and rules.count("tables") == 1
+    assert rules.count("pretrain") == 1 and rules.count("tables") == 1
 
 
 def _snakemake_param_keys(wf: Path, monkeypatch) -> Dict[str, List[str]]:
@@ -144,6 +144,11 @@ def test_dvc_vars_match_params(workflow_dir: Path):
     multitask = next(v["multitask"] for v in dvc["vars"] if isinstance(v, dict) and "multitask" in v)
     assert multitask["tasks"] == "-".join(params["train"]["tasks"])
     assert multitask["paradigms"] == [p for p in params["train"]["paradigms"] if p != "single_task"]
+    embedded = next(v["embedded_pretrain"] for v in dvc["vars"] if isinstance(v, dict) and "embedded_pretrain" in v)
+    from mtwork.config import resolve
+    from mtwork.plan import embedded_pretrain_sources
+
+    assert embedded == embedded_pretrain_sources(resolve(params))
 
 
 # ---- overrides --------------------------------------------------------------------------------------
@@ -188,7 +193,7 @@ def test_paper_scale_dry_run(workflow_dir: Path, tmp_path: Path, wt):
         f"checkpoints={{catalog: {{supervised_imagenet: {{path: {r50}}}}}}}",
     )
     rules = [j.rule for j in jobs]
-    assert "generate_synthdrive" not in rules and "pretrain_moco_v2" not in rules and "evaluate_dg" not in rules
+    assert "generate_synthdrive" not in rules and "pretrain" not in rules and "evaluate_dg" not in rules
     imports = {j.outputs[0]: j for j in jobs if j.rule == "import_checkpoint"}
     assert set(imports) == {"models/pretrained/supervised_imagenet.pt", "models/pretrained/moco_v2.pt"}
     assert imports["models/pretrained/moco_v2.pt"].inputs == [str(moco)]
@@ -242,8 +247,8 @@ def test_snakemake_reruns_exactly_what_a_parameter_reaches(workflow_dir: Path, f
     assert _rules_to_run(wt.dry_run(workflow_dir, "--config", "evaluate__batch_size=4", env=env)) == {
         "evaluate", "evaluate_dg", "tables"}
     # the embedded pretraining's settings: pretraining, import of moco_v2, and the moco_v2 runs only
-    jobs = wt.dry_run(workflow_dir, "--config", "checkpoints__moco_v2_pretrain__epochs=1", env=env)
-    assert _rules_to_run(jobs) == {"pretrain_moco_v2", "import_checkpoint", "train", "evaluate", "evaluate_dg", "tables"}
+    jobs = wt.dry_run(workflow_dir, "--config", "checkpoints__catalog__moco_v2__pretrain__lr=0.01", env=env)
+    assert _rules_to_run(jobs) == {"pretrain", "import_checkpoint", "train", "evaluate", "evaluate_dg", "tables"}
     assert all("random" not in out for j in jobs if j.rule != "tables" for out in j.outputs)
     # an execution setting that no rule tracks (threads are a resource): nothing to do
     assert _rules_to_run(wt.dry_run(workflow_dir, "--config", "train__threads=2", env=env)) == set()

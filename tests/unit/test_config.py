@@ -31,7 +31,7 @@ def test_override_parses_yaml_values():
         ("train.tasks=[semseg, lanes]", "train.tasks[1]"),
         ("train.adapt_epochs=6", "train.adapt_epochs"),
         ("train.input_size=[100, 224]", "train.input_size"),
-        ("checkpoints.sources=[random, dino]", "checkpoints.sources[1]"),
+        ("checkpoints.sources=[random, swav]", "checkpoints.sources[1]"),
         ("checkpoints.sources=[supervised_imagenet]", "checkpoints.catalog.supervised_imagenet.path"),
         ("scale=huge", "scale"),
     ],
@@ -71,3 +71,19 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("train: [unclosed\n")
     with pytest.raises(ParamsError, match="bad.yaml"):
         load_params(bad)
+
+
+def test_embedded_pretrain_formats_match_the_pretrainers():
+    from mtwork.config import EMBEDDED_PRETRAIN_FORMATS
+    from mtwork.pretrain import PRETRAINERS
+
+    assert sorted(EMBEDDED_PRETRAIN_FORMATS) == PRETRAINERS.names()
+
+
+def test_a_source_without_file_needs_an_embedded_pretraining():
+    with pytest.raises(ParamsError, match="supervised_imagenet.path"):
+        load_params(PARAMS, ["checkpoints.sources=[random, supervised_imagenet]"])
+    p = load_params(PARAMS, ["checkpoints.sources=[moco_v2, simclr, byol, dino, densecl]"])
+    from mtwork.plan import embedded_pretrain_sources
+
+    assert embedded_pretrain_sources(p) == ["moco_v2", "simclr", "byol", "dino", "densecl"]
