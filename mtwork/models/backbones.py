@@ -1,17 +1,29 @@
-"""Backbones: timm models with multi-scale ``features_only`` outputs, loaded from converted files.
+"""Backbones: multi-scale feature extractors, loaded from converted files.
+
+An ``arch`` names a backbone family and a model of it: ``"<family>:<name>"`` where ``<family>`` is
+registered in ``BACKBONE_FAMILIES``, anything else is a timm model name:
+
+* ``resnet18``, ``resnet50``, ... -> timm with ``features_only`` outputs (family ``timm``);
+* ``clip:RN50``, ``clip:mtwork-tiny-clip`` -> the open_clip ModifiedResNet image tower
+  (family ``clip``, ``mtwork.models.clip_backbone``; open_clip is imported only when used).
+
+Every family returns a module whose forward gives 4 maps (B,C_i,H/s_i,W/s_i), strides 4, 8, 16, 32,
+and whose ``feature_info`` answers ``channels()`` and ``reduction()`` as timm's does.
 
 A converted file (written by ``mtwork import-checkpoint``) is a dict
-``{"arch": str, "state_dict": {timm feature-extractor keys: tensors}, "provenance": {...}}``.
+``{"arch": str, "state_dict": {feature-extractor keys: tensors}, "provenance": {...}}``.
 This module only *loads* such files; converting upstream formats is ``mtwork.checkpoints``' job.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import timm
 import torch
 from torch import nn
+
+from mtwork.registry import Registry
 
 # Strides 4, 8, 16, 32: the four scales the FPN neck and the multi-scale adapters use.
 OUT_INDICES: Sequence[int] = (1, 2, 3, 4)
@@ -21,13 +33,44 @@ class BackboneLoadError(ValueError):
     """A converted backbone file does not fit the requested architecture."""
 
 
+#: Backbone families by arch prefix: ``factory(name) -> randomly initialised feature extractor``.
+BACKBONE_FAMILIES = Registry("backbone family")
+#: The family of an arch without a registered prefix.
+DEFAULT_FAMILY = "timm"
+
+
+@BACKBONE_FAMILIES.register("timm")
+def _timm_features(name: str) -> nn.Module:
+    return timm.create_model(name, pretrained=False, features_only=True, out_indices=OUT_INDICES)
+
+
+@BACKBONE_FAMILIES.register("clip")
+def _clip_features(name: str) -> nn.Module:
+    from mtwork.models.clip_backbone import create_clip_features_model  # imports open_clip
+
+    return create_clip_features_model(name)
+
+
+def split_arch(arch: str) -> Tuple[str, str]:
+    """``"clip:RN50"`` -> ("clip", "RN50"); an arch without a registered prefix -> ("timm", arch)
+    (so timm's own ``hf-hub:...`` names stay timm names)."""
+    prefix, sep, name = arch.partition(":")
+    if sep and prefix in BACKBONE_FAMILIES:
+        if not name:
+            raise ValueError(f"backbone arch '{arch}' names the family '{prefix}' but no model")
+        return prefix, name
+    return DEFAULT_FAMILY, arch
+
+
 def create_features_model(arch: str) -> nn.Module:
-    """A randomly initialised timm feature extractor returning 4 maps (B,C_i,H/s_i,W/s_i)."""
-    return timm.create_model(arch, pretrained=False, features_only=True, out_indices=OUT_INDICES)
+    """A randomly initialised feature extractor of ``arch`` returning 4 maps (B,C_i,H/s_i,W/s_i)."""
+    family, name = split_arch(arch)
+    factory: Callable[[str], nn.Module] = BACKBONE_FAMILIES.get(family)
+    return factory(name)
 
 
 def expected_state(arch: str) -> Dict[str, torch.Tensor]:
-    """Keys and shapes a converted file must provide for ``arch`` (the timm feature-extractor keys)."""
+    """Keys and shapes a converted file must provide for ``arch`` (the feature extractor's keys)."""
     return create_features_model(arch).state_dict()
 
 

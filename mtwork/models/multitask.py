@@ -6,10 +6,19 @@ Stages (the pretrain-adapt-finetune paradigm):
   and its forward runs under ``torch.no_grad()``, so no activations are kept for a backward through
   it. Adapters, neck and heads train. This is why adapt epochs are cheaper than finetune epochs.
 - ``finetune``: every parameter is trainable.
+
+Language methods (``lv_adapter``): a method module with ``uses_language = True`` also encodes text
+prompts once per forward (``encode_prompts()``), uses them on the backbone maps
+(``adapter(features, text)``) and after the neck hands each head that has a language path its input
+(``language_outputs(neck_maps, text)`` -> {task: head keyword arguments}, {name: auxiliary loss
+term}). Heads declare their language path with ``language_input`` ("score_map" or "text") and
+``enable_language(text_dim, num_classes)``. Auxiliary terms are returned under ``outputs[AUX_OUTPUTS]``
+and added by ``multitask_loss``.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Sequence, Tuple
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -18,6 +27,10 @@ from mtwork.models.backbones import backbone_channels, backbone_strides, create_
 from mtwork.models.necks import FPN
 
 STAGES = ("adapt", "finetune")
+#: Key of ``MultiTaskModel`` outputs holding a method's auxiliary loss terms ({name: term}); each term
+#: has ``weight`` and ``loss(batch) -> Tensor | None`` (None: no labeled sample for it in the batch).
+#: Not a task name, so evaluators and ``multitask_loss``' task loop never look at it.
+AUX_OUTPUTS = "_aux"
 
 
 class MultiTaskModel(nn.Module):
@@ -65,16 +78,31 @@ class MultiTaskModel(nn.Module):
             set_batchnorm_eval(self.backbone)
         return self
 
+    @property
+    def uses_language(self) -> bool:
+        return bool(getattr(self.adapter, "uses_language", False))
+
     def forward(self, image: torch.Tensor) -> Dict[str, Any]:
+        """{task: head output}; with a language method also ``AUX_OUTPUTS``: {name: aux loss term}."""
         if self.backbone_frozen:
             with torch.no_grad():
                 features = self.backbone(image)
         else:
             features = self.backbone(image)
+        input_size = tuple(image.shape[-2:])
+        if self.uses_language:
+            text = self.adapter.encode_prompts()  # once per forward: shared by every use below
+            features = self.neck(self.adapter(features, text))
+            head_inputs, aux = self.adapter.language_outputs(features, text)
+            outputs: Dict[str, Any] = {
+                name: head(features, input_size, **head_inputs.get(name, {})) for name, head in self.heads.items()
+            }
+            if aux:
+                outputs[AUX_OUTPUTS] = aux
+            return outputs
         if self.adapter is not None:
             features = self.adapter(features)
         features = self.neck(features)
-        input_size = tuple(image.shape[-2:])
         return {name: head(features, input_size) for name, head in self.heads.items()}
 
     def count_parameters(self, trainable_only: bool = False) -> int:
@@ -89,11 +117,21 @@ def build_multitask_model(
     method: str = "finetune",
     adapter_reduction: int = 4,
     task_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+    text_encoder_checkpoint: str | Path | None = None,
+    clip_model_name: Optional[str] = None,
+    lv_kwargs: Mapping[str, Any] | None = None,
 ) -> MultiTaskModel:
     """Backbone ``arch`` (optionally loaded from a converted ``weights`` file), method ``method``, an
     FPN of width ``fpn_channels`` and one head per task (tasks built with ``task_kwargs[task]``).
-    The Task objects are kept on ``model.tasks``."""
-    from mtwork.methods import create_method
+    The Task objects are kept on ``model.tasks``.
+
+    Language methods (``method="lv_adapter"``) also take ``text_encoder_checkpoint`` (an open_clip
+    checkpoint file or tag holding the text tower), ``clip_model_name`` (its open_clip model name;
+    None = the embedded tiny CLIP) and ``lv_kwargs`` (the method's options: ``num_context``,
+    ``align_weight``, ``attn_heads``, and ``class_names`` = {task: prompt words per class}, default the
+    task's class names); other methods refuse them.
+    """
+    from mtwork.methods import METHODS, create_method
     from mtwork.tasks import FeatureSpec, create_task
 
     if not tasks:
@@ -102,14 +140,54 @@ def build_multitask_model(
     unknown = sorted(set(task_kwargs) - set(tasks))
     if unknown:
         raise KeyError(f"task_kwargs for tasks not in the model: {unknown}")
+    language = bool(getattr(METHODS.get(method), "uses_language", False))
+    if not language and (text_encoder_checkpoint is not None or clip_model_name is not None or lv_kwargs):
+        raise ValueError(
+            f"method '{method}' takes no language options (text_encoder_checkpoint, clip_model_name, lv_kwargs)"
+        )
     backbone = create_backbone(arch, weights)
     channels = backbone_channels(backbone)
-    adapter = create_method(method, channels, reduction=adapter_reduction)
+    if not language:
+        adapter = create_method(method, channels, reduction=adapter_reduction)
     neck = FPN(channels, fpn_channels)
     spec = FeatureSpec(channels=fpn_channels, strides=tuple(backbone_strides(backbone)))
     task_objs = {name: create_task(name, **task_kwargs.get(name, {})) for name in tasks}
     heads = {name: task.build_head(spec) for name, task in task_objs.items()}
+    if language:
+        adapter = _build_language_method(method, channels, adapter_reduction, fpn_channels, task_objs, heads,
+                                         text_encoder_checkpoint, clip_model_name, dict(lv_kwargs or {}))
     return MultiTaskModel(backbone, neck, heads, adapter, task_objs)
+
+
+def _build_language_method(method, channels, reduction, fpn_channels, task_objs, heads, checkpoint,
+                           clip_model_name, options: Dict[str, Any]) -> nn.Module:
+    """Build a language method for the heads that have a language path, then switch those paths on.
+
+    Prompts are made for those heads' tasks, with the task's class names unless ``options``
+    ``class_names`` gives other words (one per class, same order: the prompts' embeddings *are* the
+    classifier, so their number must match the task's classes).
+    """
+    from mtwork.methods import create_method
+
+    kinds = {name: head.language_input for name, head in heads.items() if getattr(head, "language_input", None)}
+    names = {name: list(task_objs[name].class_names) for name in kinds}
+    overrides = dict(options.pop("class_names", None) or {})
+    for task, words in overrides.items():
+        if task not in names:
+            raise KeyError(f"lv_kwargs class_names for '{task}', which has no language path in this model "
+                           f"(tasks with one: {sorted(names)})")
+        if len(words) != len(names[task]):
+            raise ValueError(f"lv_kwargs class_names['{task}'] has {len(words)} names, the task {len(names[task])} classes")
+        names[task] = list(words)
+    adapter = create_method(
+        method, channels, reduction=reduction, text_encoder_checkpoint=checkpoint, clip_model_name=clip_model_name,
+        class_names=names, fpn_channels=fpn_channels,
+        score_map_tasks=[n for n, k in kinds.items() if k == "score_map"],
+        text_tasks=[n for n, k in kinds.items() if k == "text"], **options,
+    )
+    for name in kinds:
+        heads[name].enable_language(adapter.text_dim, len(names[name]))
+    return adapter
 
 
 def multitask_loss(
@@ -117,13 +195,18 @@ def multitask_loss(
     outputs: Mapping[str, Any],
     batch: Mapping[str, Any],
     weights: Mapping[str, float] | None = None,
+    aux_values: Dict[str, float] | None = None,
 ) -> Tuple[torch.Tensor, Dict[str, float]]:
-    """sum_t weights[t] * loss_t over the tasks with at least one labeled sample in the batch.
+    """sum_t weights[t] * loss_t over the tasks with at least one labeled sample in the batch, plus
+    the method's auxiliary terms ``outputs[AUX_OUTPUTS]`` (each ``term.weight * term.loss(batch)``,
+    skipped when it returns None; e.g. the LV-Adapter's alignment loss).
 
     Tasks without a labeled sample are skipped entirely (their head gets no gradient, no NaN from an
     empty mean). ``weights`` None means 1 for every task; a given mapping must name every task.
     Returns (total, {task: unweighted loss value}) for the tasks that counted; when none counted,
-    total is a zero tensor without grad and the dict is empty (callers skip that step).
+    total is a zero tensor without grad and the dict is empty (callers skip that step). The values of
+    the auxiliary terms that counted are written into ``aux_values`` when a dict is given (unweighted),
+    so the returned dict keeps holding task names only.
     """
     total: torch.Tensor | None = None
     values: Dict[str, float] = {}
@@ -137,6 +220,13 @@ def multitask_loss(
         loss = task.loss(outputs[name], batch, labeled)
         values[name] = loss.item()
         total = weight * loss if total is None else total + weight * loss
+    for name, term in (outputs.get(AUX_OUTPUTS) or {}).items():
+        loss = term.loss(batch)
+        if loss is None:
+            continue
+        if aux_values is not None:
+            aux_values[name] = loss.item()
+        total = term.weight * loss if total is None else total + term.weight * loss
     if total is None:
         total = torch.zeros(())
     return total, values

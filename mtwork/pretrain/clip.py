@@ -113,7 +113,7 @@ def _lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
 def train_tiny_clip(
     data_root: str | Path,
     out: str | Path,
-    epochs: int = 10,
+    epochs: int = 15,
     batch_size: int = 32,
     image_size: Optional[int] = None,
     lr: float = 5e-4,

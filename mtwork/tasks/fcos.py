@@ -62,7 +62,15 @@ class FCOSHead(nn.Module):
 
     forward(features: list of FPN maps, input_size ignored) -> {"cls": list of (B,K,H_l,W_l) logits,
     "box": list of (B,4,H_l,W_l) ltrb px, "ctr": list of (B,1,H_l,W_l) logits, "strides": tuple}
+
+    Optional language path (``enable_language``, used by the LV-Adapter): the classifier conv is
+    replaced by region-text similarity, cls = exp(s) * cos(text_proj(cls_tower(x)), t_k) + b_k, with
+    ``text`` (K,D) class embeddings passed to forward, a learnable log-scale s (CLIP's 1/0.07 at init,
+    clamped at 100) and a per-class bias b_k initialised like the classifier's (prior probability).
     """
+
+    #: what the language path of this head consumes (see ``mtwork.models.multitask``)
+    language_input = "text"
 
     def __init__(self, in_channels: int, num_classes: int, strides: Sequence[int] = (8, 16, 32),
                  levels: Sequence[int] = (1, 2, 3), num_convs: int = 2, prior_prob: float = 0.01):
@@ -72,6 +80,9 @@ class FCOSHead(nn.Module):
         self.strides = tuple(int(s) for s in strides)
         self.levels = tuple(int(i) for i in levels)
         self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.prior_prob = prior_prob
+        self.text_proj: nn.Module | None = None
         self.cls_tower = _tower(in_channels, num_convs)
         self.reg_tower = _tower(in_channels, num_convs)
         self.cls_logits = nn.Conv2d(in_channels, num_classes, 3, padding=1)
@@ -84,13 +95,37 @@ class FCOSHead(nn.Module):
                 nn.init.zeros_(module.bias)
         nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
 
-    def forward(self, features: Sequence[torch.Tensor], input_size: Sequence[int] | None = None) -> FCOSOutputs:
+    def enable_language(self, text_dim: int, num_classes: int) -> None:
+        """Classify by similarity to ``num_classes`` text embeddings of size ``text_dim`` (see above)."""
+        if num_classes != self.num_classes:
+            raise ValueError(f"{num_classes} class embeddings for a head of {self.num_classes} classes")
+        # PyTorch's default init (not the towers' N(0, 0.01)): the output is L2-normalised, so only
+        # its direction matters, and with weights of std 0.01 one Adam step (~lr per weight) would
+        # turn every region vector a long way in one shared direction (the tower's ReLU outputs are
+        # all >= 0) and, times the scale, push every logit far from the prior.
+        self.text_proj = nn.Conv2d(self.in_channels, text_dim, 1)
+        self.text_logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        prior = -math.log((1 - self.prior_prob) / self.prior_prob)
+        self.text_bias = nn.Parameter(torch.full((num_classes,), prior))
+        self.cls_logits = None  # replaced: no unused parameters left in the model
+
+    def _text_logits(self, c: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        regions = F.normalize(self.text_proj(c), dim=1)  # (B,D,H,W)
+        classes = F.normalize(text.to(regions.dtype), dim=-1)  # (K,D)
+        scale = self.text_logit_scale.clamp(max=math.log(100.0)).exp()
+        return scale * torch.einsum("bdhw,kd->bkhw", regions, classes) + self.text_bias.view(1, -1, 1, 1)
+
+    def forward(self, features: Sequence[torch.Tensor], input_size: Sequence[int] | None = None,
+                text: torch.Tensor | None = None) -> FCOSOutputs:
+        if (self.text_proj is None) != (text is None):
+            raise ValueError("pass text (K,D) exactly when the head classifies by text similarity "
+                             f"(language path {'on' if self.text_proj is not None else 'off'})")
         cls, box, ctr = [], [], []
         for level, stride, scale in zip(self.levels, self.strides, self.scales):
             feat = features[level]
             c = self.cls_tower(feat)
             r = self.reg_tower(feat)
-            cls.append(self.cls_logits(c))
+            cls.append(self.cls_logits(c) if self.text_proj is None else self._text_logits(c, text))
             box.append(F.relu(scale(self.bbox_pred(r))) * stride)
             ctr.append(self.centerness(r))
         return {"cls": cls, "box": box, "ctr": ctr, "strides": self.strides}

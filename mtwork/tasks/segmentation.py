@@ -97,24 +97,54 @@ class SegmentationHead(nn.Module):
     bilinearly to the network input size.
 
     forward(features: list of L maps (B,C,H/s,W/s), input_size: (H,W)) -> logits (B,K,H,W)
+
+    Optional language path (``enable_language``, used by the LV-Adapter): the head then also takes
+    ``score_map`` (B,K_s,H/4,W/4), pixel-text similarities at the finest level, concatenated to the
+    summed stride-4 features before the fuse conv. The concatenation is written as the fuse conv of
+    the features plus a conv ``score_fuse`` (K_s -> width, 3x3) of the score maps, which is the same
+    function, so the head's own weights keep their names.
     """
+
+    #: what the language path of this head consumes (see ``mtwork.models.multitask``)
+    language_input = "score_map"
 
     def __init__(self, in_channels: int, num_classes: int, num_levels: int = 4,
                  head_channels: int | None = None, norm: str = "gn"):
         super().__init__()
         width = head_channels or in_channels
+        self.width = width
+        self.num_classes = num_classes
         self.levels = nn.ModuleList([_conv_norm_relu(in_channels, width, norm) for _ in range(num_levels)])
         self.fuse = _conv_norm_relu(width, width, norm)
         self.classifier = nn.Conv2d(width, num_classes, 1)
+        self.score_fuse: nn.Module | None = None
 
-    def forward(self, features: Sequence[torch.Tensor], input_size: Sequence[int]) -> torch.Tensor:
+    def enable_language(self, text_dim: int, num_classes: int) -> None:
+        """Add the score-map input: ``num_classes`` maps concatenated to the fused features.
+        (``text_dim`` is accepted for a uniform head interface; score maps are already similarities.)"""
+        if num_classes != self.num_classes:
+            raise ValueError(f"{num_classes} score maps for a head of {self.num_classes} classes")
+        self.score_fuse = nn.Conv2d(num_classes, self.width, 3, padding=1, bias=False)
+
+    def forward(self, features: Sequence[torch.Tensor], input_size: Sequence[int],
+                score_map: torch.Tensor | None = None) -> torch.Tensor:
         if len(features) != len(self.levels):
             raise ValueError(f"segmentation head built for {len(self.levels)} levels, got {len(features)}")
         size = features[0].shape[-2:]
         x = self.levels[0](features[0])
         for conv, feat in zip(self.levels[1:], features[1:]):
             x = x + F.interpolate(conv(feat), size=size, mode="bilinear", align_corners=False)
-        logits = self.classifier(self.fuse(x))
+        if self.score_fuse is None:
+            if score_map is not None:
+                raise ValueError("score_map given to a segmentation head without a language path")
+            fused = self.fuse(x)
+        else:
+            if score_map is None or score_map.shape[-2:] != x.shape[-2:]:
+                got = None if score_map is None else tuple(score_map.shape)
+                raise ValueError(f"this head needs score_map (B,{self.num_classes},{size[0]},{size[1]}), got {got}")
+            # fuse conv over concat([x, score_map]) == conv_x(x) + conv_s(score_map), then norm + ReLU
+            fused = self.fuse[1:](self.fuse[0](x) + self.score_fuse(score_map.to(x.dtype)))
+        logits = self.classifier(fused)
         return F.interpolate(logits, size=tuple(int(s) for s in input_size), mode="bilinear", align_corners=False)
 
 

@@ -169,7 +169,7 @@ def test_alignment_loss_only_over_labeled_samples(clip_file, batch):
     assert total_nothing.item() == pytest.approx(total.item() - values["semseg"] - 0.4 * aux_values["lv_align_semseg"], rel=1e-5)
 
     silent = _lv(clip_file, align_weight=0.0)
-    assert AUX_OUTPUTS not in silent(batch["image"])
+    assert AUX_OUTPUTS not in silent(batch["image"]) and len(silent.adapter.score_logit_scale) == 0
 
 
 def test_builds_on_the_clip_image_tower_with_its_own_weights(clip_file, batch, tmp_path):
