@@ -2,7 +2,7 @@
 
     mtwork generate           SynthDrive -> data/synthdrive/<domain>/ (BDD100K layout)
     mtwork data check         validate a BDD100K-layout dataset (exit 1 on problems)
-    mtwork pretrain           embedded SSL pretraining (MoCo v2, SimCLR, BYOL, DINO, DenseCL) -> upstream layout
+    mtwork pretrain           embedded SSL pretraining (MoCo v2, SimCLR, BYOL, DINO, DenseCL, tiny CLIP) -> upstream layout
     mtwork import-checkpoint  upstream checkpoint -> models/pretrained/<source>.pt (+ provenance)
     mtwork train              one run: adapt/finetune stages -> models/runs/<run>/final.pt
     mtwork evaluate           a trained run on a domain's val split -> results/metrics/...json
@@ -71,6 +71,14 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if args.source not in catalog:
         raise KeyError(f"checkpoint source '{args.source}' is not in checkpoints.catalog of {args.params}")
     entry = catalog[args.source]
+    shared = params["checkpoints"]["pretrain"]
+    if entry["format"] == "open_clip" and "pretrain" in entry:
+        # the tiny CLIP learns from images *and* captions made from their labels: it reads the dataset
+        from mtwork.pretrain.clip import train_tiny_clip
+
+        settings = {"epochs": shared["epochs"], "batch_size": shared["batch_size"], **entry["pretrain"]}
+        train_tiny_clip(args.data, args.out, seed=args.seed, num_threads=args.threads, progress=True, **settings)
+        return 0
     if entry["format"] not in PRETRAINERS or "pretrain" not in entry:
         raise ValueError(
             f"checkpoint source '{args.source}' (format '{entry['format']}') has no embedded pretraining "
@@ -81,7 +89,6 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     for key in entry["pretrain"]:
         if key not in accepted or key in ("image_dirs", "out", "arch", "seed", "num_threads", "progress"):
             raise KeyError(f"'checkpoints.catalog.{args.source}.pretrain.{key}' is not a setting of the {entry['format']} pretraining")
-    shared = params["checkpoints"]["pretrain"]
     image_dirs = [args.data / "images" / "100k" / "train", args.data / "images" / "10k" / "train"]
     pretrain(
         [d for d in image_dirs if d.is_dir()],
@@ -103,13 +110,13 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> int:
 
     if args.source:
         # Pipeline form: format, file and architecture come from params.yaml's checkpoint catalog.
-        from mtwork.plan import upstream_checkpoint_path
+        from mtwork.plan import source_arch, upstream_checkpoint_path
 
         params = _params(args)
         if args.source not in params["checkpoints"]["catalog"]:
             raise KeyError(f"checkpoint source '{args.source}' is not in checkpoints.catalog of {args.params}")
         fmt = params["checkpoints"]["catalog"][args.source]["format"]
-        src, arch, out = upstream_checkpoint_path(params, args.source), params["model"]["backbone"], Path(args.src)
+        src, arch, out = upstream_checkpoint_path(params, args.source), source_arch(params, args.source), Path(args.src)
     else:
         if args.format is None or args.out is None:
             raise SystemExit("mtwork import-checkpoint: give --format FORMAT SRC OUT, or --source NAME OUT")

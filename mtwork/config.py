@@ -15,12 +15,12 @@ import yaml
 SCALES = ("embedded", "paper")
 DATASETS = ("synthdrive", "bdd100k")
 TASK_NAMES = ("semseg", "drivable", "det")
-PARADIGMS = ("single_task", "pretrain_finetune", "pretrain_adapt_finetune")
+PARADIGMS = ("single_task", "pretrain_finetune", "pretrain_adapt_finetune", "pretrain_adapt_finetune_lv", "lora")
 DEVICES = ("auto", "cpu", "cuda")
 # Checkpoint formats that have an embedded pretraining run (mtwork.pretrain.PRETRAINERS; a test keeps
 # the two equal, without importing torch here).
-EMBEDDED_PRETRAIN_FORMATS = ("byol", "densecl", "dino", "moco", "simclr")
-CATALOG_KEYS = ("format", "path", "pretrain")
+EMBEDDED_PRETRAIN_FORMATS = ("byol", "densecl", "dino", "moco", "open_clip", "simclr")
+CATALOG_KEYS = ("format", "path", "pretrain", "arch")
 
 _num = (int, float)
 _opt_str = (str, type(None))
@@ -55,6 +55,8 @@ SCHEMA: Dict[str, Any] = {
         "fpn_channels": int,
         "adapter_reduction": int,
         "det": {"score_thresh": _num, "nms_iou": _num, "max_detections": int},
+        "lv": {"clip_source": str, "num_context": int, "align_weight": _num},
+        "lora": {"rank": int, "alpha": _num, "target": str},
     },
     "train": {
         "tasks": _list_of(str, TASK_NAMES),
@@ -182,6 +184,8 @@ def _check_semantics(p: Dict[str, Any]) -> None:
             raise ParamsError(f"'checkpoints.catalog.{name}.pretrain' must be a mapping of pretraining settings")
         if not isinstance(entry.get("format"), str):
             raise ParamsError(f"'checkpoints.catalog.{name}.format' must be a string, got {entry.get('format')!r}")
+        if not isinstance(entry.get("arch", ""), str):
+            raise ParamsError(f"'checkpoints.catalog.{name}.arch' must be a string (a timm name or clip:<open_clip name>)")
         if not isinstance(entry.get("path"), _opt_str):
             raise ParamsError(f"'checkpoints.catalog.{name}.path' must be a string or null, got {entry.get('path')!r}")
     for i, source in enumerate(ckpt["sources"]):
@@ -201,6 +205,10 @@ def _check_semantics(p: Dict[str, Any]) -> None:
             raise ParamsError(
                 f"'checkpoints.catalog.{source}.path' is null: at paper scale every source needs its upstream file"
             )
+    clip_source = p["model"]["lv"]["clip_source"]
+    if "pretrain_adapt_finetune_lv" in train["paradigms"]:
+        if clip_source not in ckpt["catalog"] or ckpt["catalog"][clip_source]["format"] != "open_clip":
+            raise ParamsError(f"'model.lv.clip_source' = '{clip_source}' must be a checkpoints.catalog entry of format open_clip")
     if data["dataset"] == "bdd100k" and not data["bdd100k_root"]:
         raise ParamsError("'data.bdd100k_root' is null: the bdd100k dataset needs the folder holding images/ and labels/")
 

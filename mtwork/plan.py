@@ -22,7 +22,11 @@ PARADIGM_METHOD = {
     "single_task": "finetune",
     "pretrain_finetune": "finetune",
     "pretrain_adapt_finetune": "multiscale_adapter",
+    "pretrain_adapt_finetune_lv": "lv_adapter",  # multi-scale adapters + LV-Adapter language path
+    "lora": "lora",  # backbone frozen but for low-rank updates of its convolutions, all epochs
 }
+# Paradigms whose first `train.adapt_epochs` epochs train with the backbone frozen.
+ADAPT_PARADIGMS = ("pretrain_adapt_finetune", "pretrain_adapt_finetune_lv")
 
 
 @dataclass(frozen=True)
@@ -42,8 +46,10 @@ class RunSpec:
 
     def stages(self, epochs: int, adapt_epochs: int) -> List[Tuple[str, int]]:
         """[(stage, epochs)]: adapt (backbone frozen) then finetune; the same total for every paradigm."""
-        if self.paradigm == "pretrain_adapt_finetune" and adapt_epochs > 0:
+        if self.paradigm in ADAPT_PARADIGMS and adapt_epochs > 0:
             return [("adapt", adapt_epochs), ("finetune", epochs - adapt_epochs)]
+        if self.paradigm == "lora":
+            return [("lora", epochs)]
         return [("finetune", epochs)]
 
 
@@ -103,6 +109,18 @@ def upstream_checkpoint_path(params: Mapping[str, Any], source: str) -> Path | N
     if entry.get("path"):
         return Path(entry["path"])
     return embedded_checkpoint_path(source)
+
+
+def source_arch(params: Mapping[str, Any], source: str) -> str:
+    """The backbone architecture of a source: its catalog ``arch`` (e.g. a CLIP tower) or model.backbone."""
+    return params["checkpoints"]["catalog"][source].get("arch") or params["model"]["backbone"]
+
+
+def lv_text_checkpoint(params: Mapping[str, Any]) -> Path:
+    """The open_clip file whose frozen text tower the LV-Adapter uses (model.lv.clip_source)."""
+    path = upstream_checkpoint_path(params, params["model"]["lv"]["clip_source"])
+    assert path is not None  # config validation: clip_source is an open_clip entry
+    return path
 
 
 def embedded_checkpoint_path(source: str) -> Path:

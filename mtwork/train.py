@@ -28,15 +28,26 @@ KEEP_EPOCH_CHECKPOINTS = 2
 
 def model_config(params: Mapping[str, Any], run: RunSpec) -> Dict[str, Any]:
     """The explicit constructor arguments of the run's model (stored with every checkpoint)."""
+    from mtwork.plan import lv_text_checkpoint, source_arch
+
     model = params["model"]
-    return {
-        "arch": model["backbone"],
+    config: Dict[str, Any] = {
+        "arch": source_arch(params, run.source),
         "tasks": list(run.tasks),
         "fpn_channels": model["fpn_channels"],
         "method": run.method,
         "adapter_reduction": model["adapter_reduction"],
         "task_kwargs": {t: kw for t, kw in task_kwargs(params).items() if t in run.tasks},
     }
+    if run.method == "lv_adapter":
+        lv = model["lv"]
+        clip_arch = source_arch(params, lv["clip_source"])
+        config["text_encoder_checkpoint"] = str(lv_text_checkpoint(params))
+        config["clip_model_name"] = clip_arch.split(":", 1)[1] if clip_arch.startswith("clip:") else None
+        config["lv_kwargs"] = {"num_context": lv["num_context"], "align_weight": lv["align_weight"]}
+    if run.method == "lora":
+        config["lora_kwargs"] = dict(model["lora"])
+    return config
 
 
 def task_kwargs(params: Mapping[str, Any]) -> Dict[str, Dict[str, Any]]:
@@ -210,7 +221,7 @@ def train_run(
             for task, value in parts.items():
                 sums[task] += float(value)
                 counts[task] += 1
-            bar.set_postfix(loss=f"{float(total.detach()):.3f}")
+            bar.set_postfix(loss=f"{float(total.detach()):.3f}", refresh=False)
         seconds = time.perf_counter() - t0
         entry = {
             "epoch": epoch + 1,

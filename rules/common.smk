@@ -166,6 +166,16 @@ def run_file(run_id, name):
     return str(plan.run_dir(run_id) / name)
 
 
+def lv_text_input(wildcards):
+    """LV-Adapter runs read the frozen CLIP text tower from model.lv.clip_source's open_clip file
+    (the embedded tiny CLIP, or the user's file: ancient, only its presence matters)."""
+    if plan.parse_run_id(wildcards.run).method != "lv_adapter":
+        return []
+    clip_source = P["model"]["lv"]["clip_source"]
+    path = str(plan.lv_text_checkpoint(P))
+    return [ancient(path)] if P["checkpoints"]["catalog"][clip_source].get("path") else [path]
+
+
 def upstream_input(wildcards):
     """The source's upstream file: none for random init, the embedded pretraining's output, or the
     user's file (ancient: only its presence matters, e.g. after a DVC checkout)."""

@@ -7,6 +7,7 @@ rule evaluate:
         final=run_file("{run}", RUN_FINAL),
         data=dataset_input(SOURCE_DOMAIN),
         check=str(plan.data_check_path(SOURCE_DOMAIN)),
+        text=lv_text_input,
     output:
         str(plan.metrics_path("{run}", plan.PROTOCOL_MTL)),
     log:
@@ -30,6 +31,7 @@ rule evaluate_dg:
         final=run_file("{run}", RUN_FINAL),
         data=lambda wildcards: dataset_input(wildcards.domain),
         check=str(plan.data_check_path("{domain}")),
+        text=lv_text_input,
     output:
         str(plan.metrics_path("{run}", plan.PROTOCOL_DG, "{domain}")),
     log:

@@ -8,6 +8,7 @@ rule train:
         data=dataset_input(SOURCE_DOMAIN),
         check=str(plan.data_check_path(SOURCE_DOMAIN)),
         checkpoint=train_checkpoint,
+        text=lv_text_input,
     output:
         final=run_file("{run}", RUN_FINAL),
         log=run_file("{run}", RUN_LOG),

@@ -654,3 +654,13 @@ def _convert_detco(obj: Any) -> Conversion:
     with format ``torchvision``.
     """
     return _convert_layouts(obj, "detco", _DETCO)
+
+
+def _register_open_clip() -> None:
+    # The CLIP image tower's converter lives in its own leaf module (it imports Conversion from here).
+    from mtwork.checkpoints.clip_format import convert_open_clip_visual
+
+    CHECKPOINT_FORMATS.register("open_clip")(convert_open_clip_visual)
+
+
+_register_open_clip()

@@ -26,7 +26,7 @@ from torch import nn
 from mtwork.models.backbones import backbone_channels, backbone_strides, create_backbone, set_batchnorm_eval
 from mtwork.models.necks import FPN
 
-STAGES = ("adapt", "finetune")
+STAGES = ("adapt", "finetune", "lora")
 #: Key of ``MultiTaskModel`` outputs holding a method's auxiliary loss terms ({name: term}); each term
 #: has ``weight`` and ``loss(batch) -> Tensor | None`` (None: no labeled sample for it in the batch).
 #: Not a task name, so evaluators and ``multitask_loss``' task loop never look at it.
@@ -68,6 +68,12 @@ class MultiTaskModel(nn.Module):
         if self.backbone_frozen:
             for param in self.backbone.parameters():
                 param.requires_grad_(False)
+        elif stage == "lora":
+            # the backbone's base weights stay frozen, its low-rank updates train; unlike "adapt" the
+            # backbone forward keeps autograd, since the LoRA gradients flow through it
+            from mtwork.methods.lora import mark_only_lora_trainable
+
+            mark_only_lora_trainable(self.backbone)
         return self.train(self.training)
 
     def train(self, mode: bool = True) -> "MultiTaskModel":
@@ -120,6 +126,7 @@ def build_multitask_model(
     text_encoder_checkpoint: str | Path | None = None,
     clip_model_name: Optional[str] = None,
     lv_kwargs: Mapping[str, Any] | None = None,
+    lora_kwargs: Mapping[str, Any] | None = None,
 ) -> MultiTaskModel:
     """Backbone ``arch`` (optionally loaded from a converted ``weights`` file), method ``method``, an
     FPN of width ``fpn_channels`` and one head per task (tasks built with ``task_kwargs[task]``).
@@ -129,7 +136,9 @@ def build_multitask_model(
     checkpoint file or tag holding the text tower), ``clip_model_name`` (its open_clip model name;
     None = the embedded tiny CLIP) and ``lv_kwargs`` (the method's options: ``num_context``,
     ``align_weight``, ``attn_heads``, and ``class_names`` = {task: prompt words per class}, default the
-    task's class names); other methods refuse them.
+    task's class names); other methods refuse them. ``method="lora"`` injects low-rank updates into
+    the backbone's convolutions (``lora_kwargs``: ``rank``, ``alpha``, ``dropout``, ``target``; see
+    mtwork.methods.lora.apply_lora) and trains them in the "lora" stage.
     """
     from mtwork.methods import METHODS, create_method
     from mtwork.tasks import FeatureSpec, create_task
@@ -145,7 +154,13 @@ def build_multitask_model(
         raise ValueError(
             f"method '{method}' takes no language options (text_encoder_checkpoint, clip_model_name, lv_kwargs)"
         )
+    if lora_kwargs and method != "lora":
+        raise ValueError(f"method '{method}' takes no lora_kwargs")
     backbone = create_backbone(arch, weights)
+    if method == "lora":
+        from mtwork.methods.lora import apply_lora
+
+        backbone = apply_lora(backbone, **dict(lora_kwargs or {}))
     channels = backbone_channels(backbone)
     if not language:
         adapter = create_method(method, channels, reduction=adapter_reduction)

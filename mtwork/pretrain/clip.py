@@ -236,7 +236,7 @@ def _train(model, loader: DataLoader, epochs: int, lr: float, weight_decay: floa
             seen += images.shape[0]
             epoch_loss += loss.item()
             step_losses.append(loss.item())
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         losses.append(epoch_loss / max(1, len(loader)))
     seconds = time.perf_counter() - start
     return {

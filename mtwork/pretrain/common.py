@@ -295,7 +295,7 @@ def _train(name: str, model: SSLModel, optimizer, loader: DataLoader, settings: 
             count += 1
             step += 1
             seen += views[0].shape[0]
-            bar.set_postfix(loss=f"{sums['losses'] / count:.3f}")
+            bar.set_postfix(loss=f"{sums['losses'] / count:.3f}", refresh=False)
         for key, total in sums.items():
             history.setdefault(key, []).append(total / count)
         epoch_seconds.append(round(time.perf_counter() - epoch_start, 2))

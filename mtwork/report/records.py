@@ -9,11 +9,13 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from mtwork.evaluate import PRIMARY_METRIC, delta_m
 
-PARADIGM_ORDER = ("single_task", "pretrain_finetune", "pretrain_adapt_finetune")
+PARADIGM_ORDER = ("single_task", "pretrain_finetune", "pretrain_adapt_finetune", "pretrain_adapt_finetune_lv", "lora")
 PARADIGM_LABEL = {
     "single_task": "single-task",
     "pretrain_finetune": "pretrain-finetune",
     "pretrain_adapt_finetune": "pretrain-adapt-finetune",
+    "pretrain_adapt_finetune_lv": "pretrain-adapt-finetune + LV-Adapter",
+    "lora": "LoRA (peft)",
 }
 
 

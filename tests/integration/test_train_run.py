@@ -97,3 +97,44 @@ def test_evaluate_writes_metrics_for_every_task(trained, synthdrive_tiny, tiny_p
     assert 0.0 <= record["metrics"]["semseg"]["miou"] <= 100.0
     assert record["val_images"]["det"] > 0
     assert json.loads((tmp_path / "m.json").read_text())["run"] == RUN
+
+
+@pytest.mark.parametrize("paradigm", ["lora", "pretrain_adapt_finetune_lv"])
+def test_lora_and_lv_adapter_runs_train_and_evaluate(paradigm, synthdrive_tiny, pretrained, tmp_path):
+    """The two methods beyond source 1's plain paradigms run through the same loop and evaluator."""
+    import open_clip
+
+    from mtwork.models.clip_backbone import MTWORK_TINY_CLIP_NAME
+
+    clip_file = tmp_path / "clip.pt"  # an untrained tiny CLIP: enough to wire the frozen text tower
+    torch.save({"state_dict": open_clip.create_model(MTWORK_TINY_CLIP_NAME).state_dict()}, clip_file)
+    params = load_params(
+        PARAMS,
+        [
+            "train.epochs=2",
+            "train.adapt_epochs=1",
+            "train.batch_size=4",
+            "train.input_size=[64, 96]",
+            "train.threads=1",
+            "evaluate.batch_size=4",
+            f"train.paradigms=[single_task, {paradigm}]",
+            f"checkpoints.catalog.clip_tiny.path={clip_file}",
+            "model.lora.target=all",  # a random ResNet zero-initialises each block's last BN: conv2 alone gets no gradient
+        ],
+    )
+    run = f"random__{paradigm}__semseg-drivable-det__s0"
+    log = train_run(params, run, synthdrive_tiny, pretrained, tmp_path / run)
+    imported = torch.load(pretrained, weights_only=True)["state_dict"]
+    final = torch.load(tmp_path / run / "final.pt", weights_only=False)
+    if paradigm == "lora":
+        assert [s["stage"] for s in log["stages"]] == ["lora"]
+        assert log["trainable_params"]["lora"] < log["total_params"]
+        lora_keys = [k for k in final["state_dict"] if "lora_" in k]
+        assert lora_keys and any(final["state_dict"][k].abs().sum() > 0 for k in lora_keys if "lora_B" in k)
+        for key, value in imported.items():  # the base weights never move
+            assert torch.equal(final["state_dict"]["backbone." + key], value), key
+    else:
+        assert [s["stage"] for s in log["stages"]] == ["adapt", "finetune"]
+        assert final["model_config"]["text_encoder_checkpoint"] == str(clip_file)
+    record = evaluate_run(params, tmp_path / run, synthdrive_tiny, tmp_path / "m.json")
+    assert set(record["metrics"]) == {"semseg", "drivable", "det"}

@@ -224,3 +224,19 @@ def test_open_clip_converter_refuses_other_files():
     visual_only = {k: v for k, v in _tiny_clip().state_dict().items() if k.startswith("visual.")}
     with pytest.raises(CheckpointFormatError, match="text-tower"):
         convert_open_clip_visual(visual_only)
+
+
+def test_open_clip_import_through_the_importer_and_truncated_refusal(tmp_path):
+    from mtwork.checkpoints.importer import CheckpointImportError, import_checkpoint
+
+    source = _tiny_clip().state_dict()
+    torch.save({"epoch": 1, "name": MTWORK_TINY_CLIP_NAME, "state_dict": source}, tmp_path / "clip.pt")
+    import_checkpoint("open_clip", tmp_path / "clip.pt", tmp_path / "out.pt", arch=TINY_ARCH)
+    backbone = create_backbone(TINY_ARCH, tmp_path / "out.pt")
+    for key, value in backbone.state_dict().items():
+        assert torch.equal(value, source["visual." + key])
+    truncated = {k: v for k, v in source.items() if not k.startswith("visual.layer4.0.conv1")}
+    torch.save({"state_dict": truncated}, tmp_path / "cut.pt")
+    with pytest.raises(CheckpointImportError, match="layer4.0.conv1"):
+        import_checkpoint("open_clip", tmp_path / "cut.pt", tmp_path / "cut_out.pt", arch=TINY_ARCH)
+    assert not (tmp_path / "cut_out.pt").exists()
