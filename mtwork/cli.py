@@ -127,6 +127,13 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_download_checkpoint(args: argparse.Namespace) -> int:
+    from mtwork.checkpoints.download import fetch_source
+
+    print(fetch_source(args.name, args.dest, timeout=args.timeout, progress=True))
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from mtwork.train import train_run
 
@@ -196,6 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path, nargs="?", default=None)
     p.set_defaults(func=cmd_import_checkpoint)
 
+    p = sub.add_parser(
+        "download-checkpoint",
+        help="fetch a published upstream checkpoint (mtwork/checkpoints/catalog.py) and verify its checksum",
+    )
+    p.add_argument("name", help="a source of the catalog, e.g. moco_v2, supervised_imagenet, clip_rn50")
+    p.add_argument("--dest", type=Path, default=Path("models/upstream"))
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.set_defaults(func=cmd_download_checkpoint)
+
     p = sub.add_parser("train", help="train one run (adapt and/or finetune stages)")
     _add_params(p)
     p.add_argument("--run", required=True, help="run id SOURCE__PARADIGM__TASKS__sSEED")
@@ -234,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (ParamsError, FileNotFoundError, ValueError, KeyError) as exc:
+    except (ParamsError, FileNotFoundError, ValueError, KeyError, OSError, RuntimeError) as exc:
         # Expected user errors: one clear line, no traceback.
         print(f"mtwork {args.command}: error: {exc}", file=sys.stderr)
         return 2
