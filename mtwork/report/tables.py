@@ -70,7 +70,11 @@ def table_cells(rows: Sequence[Row]) -> Tuple[List[str], List[List[Tuple[str, st
         ((lambda r, t=t, m=m: r.cells.get((t, m))), higher, 1) for t, m, _, higher in METRIC_COLUMNS
     ]
     columns.append(((lambda r: r.delta_m), True, 2))
-    marks = [_rank_marks(rows, lambda r, get=get: (get(r).mean if get(r) and get(r).values else None), higher) for get, higher, _ in columns]
+    def ranked(get):  # delta_m is 0 by definition on single-task rows: rank the multi-task rows only
+        is_delta = get is columns[-1][0]
+        return lambda r: None if (is_delta and r.paradigm == "single_task") or not (get(r) and get(r).values) else get(r).mean
+
+    marks = [_rank_marks(rows, ranked(get), higher) for get, higher, _ in columns]
     body = []
     for i, row in enumerate(rows):
         cells = [(row.source, ""), (PARADIGM_LABEL[row.paradigm], "")]

@@ -75,6 +75,9 @@ def test_rendered_tables_mark_best_and_second():
     seg_col = headers.index("Seg mIoU")
     assert body[2][seg_col][1] == "best" and body[0][seg_col][1] == "second"
     assert "**45.0 ± 1.4**" in md and "<u>41.0 ± 1.4</u>" in md
+    delta_col = headers.index("Δm (%)")
+    assert body[0][delta_col][1] == ""  # single-task rows are the reference, never ranked on delta_m
+    assert {body[1][delta_col][1], body[2][delta_col][1]} == {"best", "second"}
     assert "moco_v2__single_task__semseg__s0" in md and "Maninis" in md
     tex = render_latex(headers, body, "cap", "tab:x")
     assert r"\toprule" in tex and r"\textbf{45.0 $\pm$ 1.4}" in tex and r"\underline{" in tex
