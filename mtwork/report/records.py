@@ -55,6 +55,7 @@ class Row:
     adapt_trainable_params: Optional[int] = None
     train_seconds: Optional[Stat] = None
     runs: List[str] = field(default_factory=list)
+    delta_m_undefined: bool = False  # some seed's single-task baseline metric was 0
 
 
 def _directions(records: Sequence[Mapping[str, Any]]) -> Dict[str, bool]:
@@ -109,14 +110,21 @@ def build_rows(records: Sequence[Mapping[str, Any]], sources: Sequence[str], tas
                         if isinstance(value, (int, float)) and "/" not in metric:
                             row.cells.setdefault((task, metric), Stat([])).values.append(float(value))
                 if seed in baselines and all(t in baselines[seed] for t in rec["metrics"]):
-                    dm = delta_m(rec["metrics"], baselines[seed], directions)
-                    row.delta_m = row.delta_m or Stat([])
-                    row.delta_m.values.append(dm)
+                    try:
+                        dm = delta_m(rec["metrics"], baselines[seed], directions)
+                    except ZeroDivisionError:
+                        # a single-task baseline scored 0: the relative change is undefined, shown as "–"
+                        row.delta_m_undefined = True
+                    else:
+                        row.delta_m = row.delta_m or Stat([])
+                        row.delta_m.values.append(dm)
                 row.train_seconds = row.train_seconds or Stat([])
                 row.train_seconds.values.append(float(rec["train"]["seconds"] or 0.0))
                 row.trainable_params = _final_trainable(rec)
                 stages = rec["train"].get("trainable_params") or {}
                 row.adapt_trainable_params = stages.get("adapt")
+            if row.delta_m_undefined:
+                row.delta_m = None  # a mean over only the seeds where it is defined would mislead
             if row.runs:
                 rows.append(row)
     return rows

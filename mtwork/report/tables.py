@@ -90,7 +90,7 @@ def caption(title: str, rows: Sequence[Row], seeds: Sequence[int]) -> str:
     runs = ", ".join(baseline_runs(rows)) or "none"
     return (
         f"{title}. Mean ± std over seeds {list(seeds)}. {DELTA_M_DEFINITION}. Single-task runs: {runs}. "
-        "Bold: best; underlined: second best. Trainable parameters are those of the last stage "
+        "Bold: best; underlined: second best; Δm '–': undefined, a single-task baseline scored 0. Trainable parameters are those of the last stage "
         "(the adapt stage's in parentheses); train time is the wall-clock time of all training epochs."
     )
 

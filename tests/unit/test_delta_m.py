@@ -91,3 +91,14 @@ def test_lr_schedule_warmup_then_cosine():
     assert lr_factor(10, 100, 10) == pytest.approx(1.0)
     assert lr_factor(55, 100, 10) == pytest.approx(0.5)
     assert lr_factor(100, 100, 10) == pytest.approx(0.0)
+
+
+def test_delta_m_is_undefined_when_a_baseline_scores_zero():
+    records = _records()
+    for rec in records:
+        if rec["paradigm"] == "single_task" and rec["tasks"] == ["det"] and rec["seed"] == 1:
+            rec["metrics"]["det"]["map"] = 0.0
+    rows = build_rows(records, ["moco_v2"], ["semseg", "drivable", "det"])
+    assert rows[1].delta_m is None and rows[1].delta_m_undefined
+    headers, body = table_cells(rows)
+    assert body[1][headers.index("Δm (%)")][0] == "–"
