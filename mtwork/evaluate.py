@@ -71,11 +71,10 @@ def evaluate_run(
     protocol: str = "mtl",
     domain: str | None = None,
 ) -> Dict[str, Any]:
-    from mtwork.data.batch import collate
+    from mtwork.data.batch import batch_to_device, collate
     from mtwork.data.bdd100k import BDD100KDataset
     from mtwork.data.transforms import EvalTransform
     from mtwork.tasks import TASKS
-    from mtwork.train import _to_device
 
     run_dir = Path(run_dir)
     set_threads(params["train"]["threads"])
@@ -93,7 +92,7 @@ def evaluate_run(
     t0 = time.perf_counter()
     with torch.no_grad():
         for batch in tqdm(loader, desc=f"evaluate {run_dir.name}", leave=False, dynamic_ncols=True):
-            batch = _to_device(batch, device)
+            batch = batch_to_device(batch, device)
             with autocast(device, bool(params["train"]["amp"])):
                 outputs = model(batch["image"])
             for t, evaluator in evaluators.items():

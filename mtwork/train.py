@@ -87,16 +87,6 @@ def _prune_epoch_checkpoints(out_dir: Path) -> None:
         old.unlink()
 
 
-def _to_device(batch: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
-    out = dict(batch)
-    out["image"] = batch["image"].to(device, non_blocking=True)
-    for task in ("semseg", "drivable"):
-        out[task] = batch[task].to(device, non_blocking=True)
-    out["labeled"] = {t: v.to(device) for t, v in batch["labeled"].items()}
-    out["det"] = [{k: v.to(device) for k, v in t.items()} for t in batch["det"]]
-    return out
-
-
 def trainable_state(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
     """Everything but the backbone: what the adapt stage trains (adapter checkpoints stay small)."""
     return {k: v for k, v in model.state_dict().items() if not k.startswith("backbone.")}
@@ -110,7 +100,7 @@ def train_run(
     out_dir: str | Path,
 ) -> Dict[str, Any]:
     """Train one run and return its log record (also written to ``out_dir/log.json``)."""
-    from mtwork.data.batch import collate
+    from mtwork.data.batch import batch_to_device, collate
     from mtwork.data.bdd100k import BDD100KDataset
     from mtwork.data.transforms import TrainTransform
     from mtwork.models.multitask import build_multitask_model, multitask_loss
@@ -207,7 +197,7 @@ def train_run(
         t0 = time.perf_counter()
         bar = tqdm(loader, desc=f"{run.id} ep {epoch + 1}/{len(epoch_stage)} [{stage}]", leave=False, dynamic_ncols=True)
         for batch in bar:
-            batch = _to_device(batch, device)
+            batch = batch_to_device(batch, device)
             with autocast(device, use_amp):
                 outputs = model(batch["image"])
                 total, parts = multitask_loss(tasks, outputs, batch, loss_weights)

@@ -60,3 +60,14 @@ def collate(samples: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
             for t in targets
         ]
     return batch
+
+
+def batch_to_device(batch: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
+    """Move a collated batch's tensors (image, masks, labeled flags, det targets) to ``device``."""
+    out = dict(batch)
+    out["image"] = batch["image"].to(device, non_blocking=True)
+    for task in MASK_TASKS:
+        out[task] = batch[task].to(device, non_blocking=True)
+    out["labeled"] = {t: v.to(device) for t, v in batch["labeled"].items()}
+    out["det"] = [{k: v.to(device) for k, v in t.items()} for t in batch["det"]]
+    return out
