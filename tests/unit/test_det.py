@@ -287,3 +287,21 @@ def test_det_task_head_and_kwargs():
         assert len(res["scores"]) <= 7 and bool((res["scores"] > 0.3).all())
     with pytest.raises(ValueError, match="size_ranges"):
         create_task("det", size_ranges=((0, 64), (64, math.inf)))
+
+
+def test_fcos_box_branch_cannot_die():
+    """The regression stays trainable however negative the conv output gets (the ReLU form would
+    output 0 with zero gradient there and never recover) and starts at one stride per side."""
+    torch.manual_seed(0)
+    head = create_task("det").build_head(FeatureSpec(channels=16))
+    feats = [torch.randn(1, 16, 64 // s, 96 // s) for s in (4, 8, 16, 32)]
+    out = head(feats, (64, 96))
+    for box, stride in zip(out["box"], head.strides):
+        # conv weights ~N(0, 0.01) and zero bias: exp(~0) * stride
+        assert box.mean().item() == pytest.approx(stride, rel=0.1)
+    with torch.no_grad():
+        head.bbox_pred.bias.fill_(-50.0)
+    out = head(feats, (64, 96))
+    assert all(bool((m > 0).all()) for m in out["box"])
+    sum(m.sum() for m in out["box"]).backward()
+    assert head.bbox_pred.bias.grad.abs().sum() > 0

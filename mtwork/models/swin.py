@@ -1,0 +1,69 @@
+"""Swin-V2 encoders (timm ``SwinTransformerV2``) at paper scale and in miniature.
+
+Paper scale (source 2) is ``swinv2_base_window12_192`` (ImageNet-22K weights when the user has them).
+The embedded default uses ``mtwork_swinv2_tiny``: the same timm class with a small configuration that
+keeps the structure the method needs (4 stages; stage 3 has at least 4 blocks so the paper's "last
+four blocks of stage 3 + both blocks of stage 4" can be adapted) and runs on a CPU.
+
+Keys are timm's (``patch_embed.*``, ``layers.{i}.blocks.{j}.*``, ``layers.{i}.downsample.*``,
+``norm.*``), so a file saved from ``create_swinv2(...).state_dict()`` is a timm-layout checkpoint
+and imports through the ``timm`` checkpoint format like any other source.
+
+timm's Swin-V2 stages return channels-last maps (B,H,W,C); ``encoder_maps`` turns them into the
+(B,C,H,W) maps the decoders take.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Sequence, Tuple
+
+import torch
+from timm.models.swin_transformer_v2 import SwinTransformerV2
+from torch import nn
+
+#: Configurations by arch name: keyword arguments of timm's ``SwinTransformerV2``.
+SWIN_CONFIGS: Dict[str, Dict[str, Any]] = {
+    # source 2's backbone (timm's registered model of the same name)
+    "swinv2_base_window12_192": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=12),
+    # embedded default: ~2.7 M parameters; window 4 divides every stage of a 64x112 or 128x224 input
+    "mtwork_swinv2_tiny": dict(embed_dim=32, depths=(2, 2, 4, 2), num_heads=(1, 2, 4, 8), window_size=4),
+}
+
+
+def swin_config(arch: str) -> Dict[str, Any]:
+    try:
+        return dict(SWIN_CONFIGS[arch])
+    except KeyError:
+        raise ValueError(f"unknown Swin-V2 arch '{arch}'; known: {', '.join(sorted(SWIN_CONFIGS))}") from None
+
+
+def create_swinv2(arch: str, img_size: Tuple[int, int], drop_path_rate: float = 0.0) -> SwinTransformerV2:
+    """A randomly initialised timm Swin-V2 encoder (no classifier) for inputs of ``img_size`` (H, W) px.
+
+    ``drop_path_rate`` defaults to 0: the encoder is frozen in source 2's method, and stochastic depth
+    on frozen blocks would only add noise.
+    """
+    return SwinTransformerV2(img_size=tuple(int(s) for s in img_size), num_classes=0,
+                             drop_path_rate=drop_path_rate, **swin_config(arch))
+
+
+def swin_channels(model: SwinTransformerV2) -> List[int]:
+    """Channels of the 4 stage outputs, e.g. [32, 64, 128, 256] (strides 4, 8, 16, 32)."""
+    return [int(info["num_chs"]) for info in model.feature_info]
+
+
+def encoder_maps(model: SwinTransformerV2, image: torch.Tensor) -> List[torch.Tensor]:
+    """image (B,3,H,W) -> the 4 stage outputs as (B,C_i,H/s_i,W/s_i), strides 4, 8, 16, 32.
+
+    The stage outputs are taken *before* timm's final ``norm`` (which only the classifier uses).
+    """
+    x = model.patch_embed(image)  # (B,H/4,W/4,C)
+    maps = []
+    for layer in model.layers:
+        x = layer(x)
+        maps.append(x.permute(0, 3, 1, 2).contiguous())
+    return maps
+
+
+def stage_blocks(model: SwinTransformerV2) -> Sequence[Sequence[nn.Module]]:
+    """``blocks[stage][index]``: the transformer blocks, 0-based, as timm holds them."""
+    return [list(layer.blocks) for layer in model.layers]
