@@ -179,7 +179,7 @@ def write_tables(
     params: Mapping[str, Any], metrics_dir: Path, runs_dir: Path, out_dir: Path, figures_dir: Path
 ) -> List[Path]:
     """Render every table and figure; returns the files written."""
-    from mtwork.report.figures import plot_training_curves
+    from mtwork.report.figures import plot_delta_m, plot_training_curves
 
     metrics_dir, out_dir, figures_dir = Path(metrics_dir), Path(out_dir), Path(figures_dir)
     sources = params["checkpoints"]["sources"]
@@ -189,8 +189,14 @@ def write_tables(
     if not records:
         raise FileNotFoundError(f"no metrics JSON files in {metrics_dir}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    figures_dir.mkdir(parents=True, exist_ok=True)
     domain = params["data"]["source_domain"]
-    write_table_set(build_rows(records, sources, tasks), out_dir, "mtl", f"Multi-task transfer on {domain} (val)", seeds)
+    mtl_rows = build_rows(records, sources, tasks)
+    write_table_set(mtl_rows, out_dir, "mtl", f"Multi-task transfer on {domain} (val)", seeds)
+    figures = [figures_dir / "training_curves.png"]
+    if any(r.paradigm != "single_task" for r in mtl_rows):
+        figures.append(figures_dir / "delta_m.png")
+        plot_delta_m(mtl_rows, figures[-1], f"Δm by checkpoint source and paradigm ({domain} val)")
     for dg_domain in params["data"]["dg_domains"]:
         dg_records = read_records(metrics_dir / "dg" / dg_domain)
         if dg_records:
@@ -202,7 +208,6 @@ def write_tables(
                 seeds,
             )
     written = sorted(out_dir.iterdir())
-    figures_dir.mkdir(parents=True, exist_ok=True)
-    plot_training_curves(Path(runs_dir), [r["run"] for r in records], figures_dir / "training_curves.png")
-    print(f"[mtwork tables] wrote {', '.join(p.name for p in written)} and {figures_dir / 'training_curves.png'}")
+    plot_training_curves(Path(runs_dir), [r["run"] for r in records], figures[0])
+    print(f"[mtwork tables] wrote {', '.join(p.name for p in written)} and {', '.join(str(f) for f in figures)}")
     return written

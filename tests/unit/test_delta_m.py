@@ -102,3 +102,29 @@ def test_delta_m_is_undefined_when_a_baseline_scores_zero():
     assert rows[1].delta_m is None and rows[1].delta_m_undefined
     headers, body = table_cells(rows)
     assert body[1][headers.index("Δm (%)")][0] == "–"
+
+
+def test_figures_from_rows_and_logs(tmp_path):
+    from PIL import Image
+
+    from mtwork.report.figures import plot_delta_m, plot_training_curves
+
+    rows = build_rows(_records(), ["moco_v2"], ["semseg", "drivable", "det"])
+    png = tmp_path / "delta_m.png"
+    plot_delta_m(rows, png, "Δm")
+    assert Image.open(png).size[0] > 100
+    with pytest.raises(ValueError, match="no multi-task rows"):
+        plot_delta_m([r for r in rows if r.paradigm == "single_task"], tmp_path / "none.png", "Δm")
+    assert not (tmp_path / "none.png").exists()
+    runs = tmp_path / "runs"
+    for rec in _records():
+        (runs / rec["run"]).mkdir(parents=True)
+        epochs = [{"epoch": e, "stage": "adapt" if e == 1 and "adapt" in rec["paradigm"] else "finetune",
+                   "loss": 2.0 / e, "task_loss": {}} for e in (1, 2, 3)]
+        log = {"run": rec["run"], "source": rec["source"], "paradigm": rec["paradigm"], "tasks": rec["tasks"], "epochs": epochs}
+        (runs / rec["run"] / "log.json").write_text(__import__("json").dumps(log))
+    curves = tmp_path / "curves.png"
+    plot_training_curves(runs, [r["run"] for r in _records()], curves)
+    assert curves.is_file()
+    with pytest.raises(FileNotFoundError, match="missing_run"):
+        plot_training_curves(runs, ["missing_run"], tmp_path / "x.png")
