@@ -365,8 +365,24 @@ def _convert_timm(obj: Any) -> Conversion:
     checkpoint (``{"state_dict", "optimizer", "epoch", "arch", "args", "version", ...}``; the non-EMA
     ``state_dict`` is used, as timm's ``load_checkpoint(use_ema=False)`` does) and a ``{"model": ...}``
     wrapper. ``fc.*`` is dropped.
+
+    timm Swin-V2 (``SwinTransformerV2.state_dict()``, keys ``patch_embed.*``, ``layers.{i}.blocks.{j}.*``,
+    ``layers.{i}.downsample.*``, ``norm.*``) goes through the same path: its classifier ``head.*`` is
+    dropped, and so are the buffers the model recomputes from its window size and input size
+    (``relative_position_index``, ``relative_coords_table``, ``attn_mask``), which older timm versions
+    saved.
     """
-    return _plain_resnet(obj, "timm", wrappers=("state_dict", "model"))
+    conversion = _plain_resnet(obj, "timm", wrappers=("state_dict", "model"))
+    kept = {k: v for k, v in conversion.state_dict.items()
+            if not (k.startswith(TIMM_HEAD_PREFIX) or k.rsplit(".", 1)[-1] in SWIN_DERIVED_BUFFERS)}
+    dropped = [k for k in conversion.state_dict if k not in kept]
+    return Conversion(state_dict=kept, dropped=list(conversion.dropped) + dropped, notes=conversion.notes)
+
+
+#: The classifier of timm's transformer models (``head.fc.*`` in Swin-V2, ``head.*`` in ViT).
+TIMM_HEAD_PREFIX = "head."
+#: Swin-V2 buffers derived from the window and input size, not learned.
+SWIN_DERIVED_BUFFERS = ("relative_position_index", "relative_coords_table", "attn_mask")
 
 
 @CHECKPOINT_FORMATS.register("random")

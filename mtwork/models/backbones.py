@@ -5,7 +5,9 @@ registered in ``BACKBONE_FAMILIES``, anything else is a timm model name:
 
 * ``resnet18``, ``resnet50``, ... -> timm with ``features_only`` outputs (family ``timm``);
 * ``clip:RN50``, ``clip:mtwork-tiny-clip`` -> the open_clip ModifiedResNet image tower
-  (family ``clip``, ``mtwork.models.clip_backbone``; open_clip is imported only when used).
+  (family ``clip``, ``mtwork.models.clip_backbone``; open_clip is imported only when used);
+* ``swin:swinv2_base_window12_192``, ``swin:mtwork_swinv2_tiny`` -> timm's Swin-V2 with timm's keys
+  (family ``swin``, ``mtwork.models.swin``); its image size is fixed when the model is built for a run.
 
 Every family returns a module whose forward gives 4 maps (B,C_i,H/s_i,W/s_i), strides 4, 8, 16, 32,
 and whose ``feature_info`` answers ``channels()`` and ``reduction()`` as timm's does.
@@ -49,6 +51,13 @@ def _clip_features(name: str) -> nn.Module:
     from mtwork.models.clip_backbone import create_clip_features_model  # imports open_clip
 
     return create_clip_features_model(name)
+
+
+@BACKBONE_FAMILIES.register("swin")
+def _swin_features(name: str) -> nn.Module:
+    from mtwork.models.swin import SwinV2Features
+
+    return SwinV2Features(name)
 
 
 def split_arch(arch: str) -> Tuple[str, str]:

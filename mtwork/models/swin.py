@@ -48,7 +48,8 @@ def create_swinv2(arch: str, img_size: Tuple[int, int], drop_path_rate: float = 
 
 def swin_channels(model: SwinTransformerV2) -> List[int]:
     """Channels of the 4 stage outputs, e.g. [32, 64, 128, 256] (strides 4, 8, 16, 32)."""
-    return [int(info["num_chs"]) for info in model.feature_info]
+    info = model.feature_info
+    return list(info.channels()) if hasattr(info, "channels") else [int(i["num_chs"]) for i in info]
 
 
 def encoder_maps(model: SwinTransformerV2, image: torch.Tensor) -> List[torch.Tensor]:
@@ -62,6 +63,22 @@ def encoder_maps(model: SwinTransformerV2, image: torch.Tensor) -> List[torch.Te
         x = layer(x)
         maps.append(x.permute(0, 3, 1, 2).contiguous())
     return maps
+
+
+class SwinV2Features(SwinTransformerV2):
+    """timm's Swin-V2 as an mtwork backbone family member: forward gives the 4 stage maps
+    (B,C_i,H/s_i,W/s_i) and ``feature_info`` answers ``channels()``/``reduction()`` like timm's
+    ``features_only`` models. Its state dict keys are exactly timm's (it *is* the timm class)."""
+
+    def __init__(self, arch: str, img_size: Tuple[int, int] = (224, 224), drop_path_rate: float = 0.0):
+        super().__init__(img_size=tuple(int(s) for s in img_size), num_classes=0,
+                         drop_path_rate=drop_path_rate, **swin_config(arch))
+        from timm.models._features import FeatureInfo
+
+        self.feature_info = FeatureInfo(list(self.feature_info), out_indices=(0, 1, 2, 3))
+
+    def forward(self, image: torch.Tensor) -> List[torch.Tensor]:  # type: ignore[override]
+        return encoder_maps(self, image)
 
 
 def stage_blocks(model: SwinTransformerV2) -> Sequence[Sequence[nn.Module]]:

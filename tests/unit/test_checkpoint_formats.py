@@ -578,3 +578,28 @@ def test_densecl_release_and_its_author_tag():
                 r".*no ResNet keys under 'module\.backbone\.\*'")
     with pytest.raises(CheckpointFormatError, match=expected):
         convert("densecl", {"state_dict": reference})
+
+
+def test_timm_swinv2_imports_as_the_swin_family(tmp_path):
+    """A timm Swin-V2 state dict (as timm writes it, with classifier and, from older timm versions,
+    derived buffers) imports for arch swin:NAME with head and buffers dropped, and loads strictly."""
+    from mtwork.models.swin import create_swinv2, encoder_maps
+
+    model = create_swinv2("mtwork_swinv2_tiny", (64, 112))
+    state = {**model.state_dict(), "head.fc.weight": torch.zeros(10, 256), "head.fc.bias": torch.zeros(10),
+             "layers.0.blocks.0.attn.relative_position_index": torch.zeros(16, 16, dtype=torch.long)}
+    torch.save({"state_dict": state}, tmp_path / "swin.pth")
+    report = import_checkpoint("timm", tmp_path / "swin.pth", tmp_path / "swin.pt", "swin:mtwork_swinv2_tiny")
+    assert sorted(report.dropped) == ["head.fc.bias", "head.fc.weight", "layers.0.blocks.0.attn.relative_position_index"]
+    backbone = create_backbone("swin:mtwork_swinv2_tiny", tmp_path / "swin.pt").eval()
+    image = torch.randn(1, 3, 224, 224)
+    model224 = create_swinv2("mtwork_swinv2_tiny", (224, 224)).eval()
+    model224.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for got, want in zip(backbone(image), encoder_maps(model224, image)):
+            torch.testing.assert_close(got, want)
+    del state["layers.3.blocks.1.mlp.fc2.weight"]
+    torch.save(state, tmp_path / "truncated.pth")
+    with pytest.raises(CheckpointImportError, match="layers.3.blocks.1.mlp.fc2.weight"):
+        import_checkpoint("timm", tmp_path / "truncated.pth", tmp_path / "t.pt", "swin:mtwork_swinv2_tiny")
+    assert not (tmp_path / "t.pt").exists()
