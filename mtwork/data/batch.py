@@ -7,6 +7,18 @@ Sample dict produced by a dataset (after its transform):
     semseg:    (h,w) int64 train ids, 255 ignore           -- only when the image has a seg label
     drivable:  (h,w) int64 0/1/2, 255 ignore               -- only when labeled
     det:       {"boxes": (N,4) float32 xyxy px, "labels": (N,) int64 0..9}  -- only when labeled
+    depth:     (h,w) float32 z-depth in metres, 0 invalid                      -- only when labeled
+    normals:   (3,h,w) float32 unit camera-frame normals, (0,0,0) invalid      -- only when labeled
+    edges:     (h,w) float32 Sobel magnitude in [0,1], -1 invalid (padding)    -- only when labeled
+    camera:    (4,) float32 intrinsics (fx, fy, u0, v0) px of the label frame  -- with normals
+
+Batch keys for the dense regression tasks (always present, like the masks; padding and unlabeled
+samples hold the invalid value, so losses and metrics that look at valid pixels need no extra mask):
+    depth:   (B,H,W) float32 metres, 0 = invalid
+    normals: (B,3,H,W) float32, zero vector = invalid
+    edges:   (B,H,W) float32 in [0,1], -1 = invalid
+    camera:  (B,4) float32 (fx, fy, u0, v0) px, NaN rows for samples without one -- only when some
+             sample of the batch carries a camera
 """
 from __future__ import annotations
 
@@ -19,6 +31,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IGNORE_INDEX = 255
 MASK_TASKS = ("semseg", "drivable")
 BOX_TASKS = ("det",)
+#: Dense regression labels: {task: (channels or None for a (h,w) map, invalid/padding value)}.
+FLOAT_TASKS = {"depth": (None, 0.0), "normals": (3, 0.0), "edges": (None, -1.0)}
 
 
 def _pad_stack(masks: List[torch.Tensor | None], shape: tuple[int, int]) -> torch.Tensor:
@@ -50,6 +64,26 @@ def collate(samples: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
         )
         batch[task] = _pad_stack(masks, shape)
         batch["labeled"][task] = torch.tensor([m is not None for m in masks])
+    for task, (channels, fill) in FLOAT_TASKS.items():
+        maps = [s.get(task) for s in samples]
+        present = [m for m in maps if m is not None]
+        shape = (
+            max(m.shape[-2] for m in present) if present else images.shape[-2],
+            max(m.shape[-1] for m in present) if present else images.shape[-1],
+        )
+        lead = (len(samples),) if channels is None else (len(samples), channels)
+        out = torch.full((*lead, *shape), fill, dtype=torch.float32)
+        for i, m in enumerate(maps):
+            if m is not None:
+                out[i, ..., : m.shape[-2], : m.shape[-1]] = m
+        batch[task] = out
+        batch["labeled"][task] = torch.tensor([m is not None for m in maps])
+    cameras = [s.get("camera") for s in samples]
+    if any(c is not None for c in cameras):
+        batch["camera"] = torch.stack([
+            torch.as_tensor(c, dtype=torch.float32).reshape(4) if c is not None else torch.full((4,), float("nan"))
+            for c in cameras
+        ])
     for task in BOX_TASKS:
         targets = [s.get(task) for s in samples]
         batch["labeled"][task] = torch.tensor([t is not None for t in targets])
@@ -66,8 +100,9 @@ def batch_to_device(batch: Dict[str, Any], device: torch.device) -> Dict[str, An
     """Move a collated batch's tensors (image, masks, labeled flags, det targets) to ``device``."""
     out = dict(batch)
     out["image"] = batch["image"].to(device, non_blocking=True)
-    for task in MASK_TASKS:
-        out[task] = batch[task].to(device, non_blocking=True)
+    for task in (*MASK_TASKS, *FLOAT_TASKS, "camera"):
+        if task in batch:  # tolerate batches collated before a task existed
+            out[task] = batch[task].to(device, non_blocking=True)
     out["labeled"] = {t: v.to(device) for t, v in batch["labeled"].items()}
     out["det"] = [{k: v.to(device) for k, v in t.items()} for t in batch["det"]]
     return out

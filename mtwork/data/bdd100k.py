@@ -11,6 +11,22 @@ Layout under ROOT (real BDD100K, plus SynthDrive's depth extra)::
     labels/drivable/masks/{train,val}/<stem>.png  uint8, on-disk ids 0 direct, 1 alternative, 2 background
     labels/sem_seg/masks/{train,val}/<stem>.png   uint8 Cityscapes train ids 0..18, 255 ignore
     labels/depth/{train,val}/<stem>.png           uint16 z-depth in 1/256 m, 0 = invalid (SynthDrive only)
+    labels/camera/{train,val}/<stem>.json         pinhole camera of the image (SynthDrive only, see below)
+
+Derived labels (no file of their own): ``normals`` from the depth PNG and the camera file, ``edges``
+from the image (``mtwork.tasks.dense_labels``). Every image carries an edge label; an image carries a
+normals label iff it has a depth PNG, and then its camera file must exist.
+
+Camera files follow the Cityscapes ``camera/*.json`` style::
+
+    {"extrinsic": {"x": 0, "y": 0, "z": <camera height above the road, m>,
+                   "pitch": <rad>, "roll": 0, "yaw": 0},
+     "intrinsic": {"fx": px, "fy": px, "u0": px, "v0": px}}
+
+Intrinsics are in pixels of the image *on disk*, with pixel centres at integer coordinates (the
+OpenCV convention: pixel (row v, column u) looks along ((u - u0)/fx, (v - v0)/fy, 1) in the camera
+frame x right, y down, z forward). Only ``intrinsic`` is read; Cityscapes' stereo ``baseline`` is
+absent (SynthDrive is monocular) and not needed.
 
 Two conventions worth knowing:
 
@@ -125,7 +141,9 @@ DET_PALETTE: Tuple[Tuple[int, int, int], ...] = (
 SPLITS = ("train", "val")
 IMAGE_SETS = ("100k", "10k")  # detection/drivable set, segmentation set
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-TASKS = ("semseg", "drivable", "det", "depth")
+TASKS = ("semseg", "drivable", "det", "depth", "normals", "edges")
+#: Tasks whose label is computed from other files rather than read from a file of its own.
+DERIVED_TASKS = ("normals", "edges")
 
 
 def image_dir(root: str | os.PathLike, image_set: str, split: str) -> Path:
@@ -142,6 +160,11 @@ def mask_dir(root: str | os.PathLike, task: str, split: str) -> Path:
     if task not in sub:
         raise ValueError(f"no mask directory for task '{task}' (known: {', '.join(sub)})")
     return Path(root, "labels", *sub[task], split)
+
+
+def camera_dir(root: str | os.PathLike, split: str) -> Path:
+    """Directory of the per-image camera JSON files (``<stem>.json``, layout in the module docstring)."""
+    return Path(root, "labels", "camera", split)
 
 
 def list_images(directory: Path) -> Dict[str, Path]:
@@ -350,6 +373,33 @@ def read_mask(path: Path) -> np.ndarray:
         raise DatasetError(f"{path}: unreadable or corrupt mask ({err})") from None
 
 
+def read_camera(path: Path) -> np.ndarray:
+    """Camera JSON (layout in the module docstring) -> intrinsics (4,) float64 (fx, fy, u0, v0) px.
+
+    ``DatasetError`` naming the file (and the key) when it is missing, not JSON, lacks
+    ``intrinsic.fx/fy/u0/v0``, or has a non-finite value or a focal length <= 0.
+    """
+    try:
+        with open(path, "rb") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: camera file not found (needed for the normals label)") from None
+    except (OSError, ValueError) as err:
+        raise DatasetError(f"{path}: not valid JSON ({err})") from None
+    intrinsic = data.get("intrinsic") if isinstance(data, dict) else None
+    if not isinstance(intrinsic, dict):
+        raise DatasetError(f"{path}: missing key 'intrinsic' (an object with fx, fy, u0, v0)")
+    values = []
+    for key in ("fx", "fy", "u0", "v0"):
+        value = intrinsic.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+            raise DatasetError(f"{path}: 'intrinsic.{key}' must be a finite number, got {value!r}")
+        values.append(float(value))
+    if values[0] <= 0 or values[1] <= 0:
+        raise DatasetError(f"{path}: focal lengths must be positive, got fx={values[0]}, fy={values[1]}")
+    return np.asarray(values, dtype=np.float64)
+
+
 def image_size(path: Path) -> Tuple[int, int]:
     """(H, W) from the image header without decoding the pixels."""
     try:
@@ -387,6 +437,8 @@ class _Entry:
     semseg: Optional[Path] = None
     drivable: Optional[Path] = None
     depth: Optional[Path] = None
+    normals: Optional[Path] = None  # the camera file; the normals come from it and ``depth``
+    edges: Optional[Path] = None  # the image itself: every image has an edge label
 
 
 class BDD100KDataset(torch.utils.data.Dataset):
@@ -402,8 +454,15 @@ class BDD100KDataset(torch.utils.data.Dataset):
         semseg:    (H,W) uint8 train ids, 255 ignore
         drivable:  (H,W) uint8 training ids 0 bg / 1 direct / 2 alternative (decoded from disk ids)
         depth:     (H,W) float32 metres, 0 invalid             (only when "depth" is requested)
+        normals:   (H,W,3) float32 unit normals, camera frame (x right, y down, z forward), facing the
+                   camera; (0,0,0) invalid                    (only when "normals" is requested)
+        camera:    (4,) float64 intrinsics (fx, fy, u0, v0) px of this image (with "normals")
+        edges:     (H,W) float32 Sobel magnitude in [0, 1]   (only when "edges" is requested)
         det:       {"boxes": (N,4) float32 xyxy pixel edges, "labels": (N,) int64 0..9}
-    (a task key is present only when the image carries that label). With a transform (see
+    (a task key is present only when the image carries that label). Normals and edges are derived at
+    the on-disk resolution (``mtwork.tasks.dense_labels``); transforms then resize, crop and flip them
+    like the other labels (a flip negates the normals' x component), which is exact for normals since
+    resizing or cropping an image does not move the 3-D scene. With a transform (see
     ``mtwork.data.transforms``), whatever the transform returns: the ``mtwork.data.batch`` contract.
     """
 
@@ -448,6 +507,11 @@ class BDD100KDataset(torch.utils.data.Dataset):
             masks = list_masks(directory)
             for name, entry in entries.items():
                 setattr(entry, task, masks.get(Path(name).stem))
+        if "normals" in self.tasks:
+            self._attach_cameras(entries)
+        if "edges" in self.tasks:
+            for entry in entries.values():
+                entry.edges = entry.image
 
         self._entries = [
             entries[n]
@@ -455,6 +519,23 @@ class BDD100KDataset(torch.utils.data.Dataset):
             if any(getattr(entries[n], t) is not None for t in self.tasks)
         ]
         self.names: List[str] = [e.name for e in self._entries]
+
+    def _attach_cameras(self, entries: Dict[str, _Entry]) -> None:
+        """Normals need depth + camera: an image with a depth PNG must have its camera file."""
+        depth_masks = list_masks(mask_dir(self.root, "depth", self.split))
+        if not depth_masks:
+            raise DatasetError(
+                f"{mask_dir(self.root, 'depth', self.split)}: no depth PNGs, which the normals label is derived from"
+            )
+        cameras = camera_dir(self.root, self.split)
+        for name, entry in entries.items():
+            stem = Path(name).stem
+            if stem not in depth_masks:
+                continue
+            path = cameras / f"{stem}.json"
+            if not path.is_file():
+                raise DatasetError(f"{path}: camera file not found (needed for the normals label of {name})")
+            entry.normals = path
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -490,8 +571,25 @@ class BDD100KDataset(torch.utils.data.Dataset):
             sample["semseg"] = _valid_semseg(self._mask(entry.semseg, size), entry.semseg)
         if "drivable" in self.tasks and entry.drivable is not None:
             sample["drivable"] = _valid_drivable(self._mask(entry.drivable, size), entry.drivable)
+        depth = None
+        if ("depth" in self.tasks and entry.depth is not None) or entry.normals is not None:
+            # normals need the depth file even when the depth task itself is not requested
+            depth_path = entry.depth or mask_dir(self.root, "depth", self.split) / f"{Path(entry.name).stem}.png"
+            depth = depth_to_metres(self._mask(depth_path, size))
         if "depth" in self.tasks and entry.depth is not None:
-            sample["depth"] = depth_to_metres(self._mask(entry.depth, size))
+            sample["depth"] = depth
+        if entry.normals is not None:
+            # imported here: importing mtwork.tasks registers (and imports) every task module, which
+            # a reader that is not asked for derived labels has no need to pay for
+            from mtwork.tasks.dense_labels import normals_from_depth
+
+            camera = read_camera(entry.normals)
+            sample["camera"] = camera
+            sample["normals"] = normals_from_depth(depth, camera)
+        if entry.edges is not None:
+            from mtwork.tasks.dense_labels import sobel_edges
+
+            sample["edges"] = sobel_edges(image)
         if "det" in self.tasks and entry.det is not None:
             det = np.asarray(entry.det, dtype=np.float64).reshape(-1, 5)
             sample["det"] = {

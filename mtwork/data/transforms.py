@@ -3,11 +3,26 @@
 Input (raw sample, e.g. from ``BDD100KDataset`` without a transform)::
 
     image (H0,W0,3) uint8 | semseg, drivable (H0,W0) uint8 | depth (H0,W0) float32 metres
+    normals (H0,W0,3) float32 unit camera-frame vectors | edges (H0,W0) float32 [0,1]
+    camera (4,) intrinsics (fx, fy, u0, v0) px, pixel centres at integers
     det {"boxes": (N,4) float xyxy pixel edges, "labels": (N,) int} | name | orig_size (H0,W0)
 
 Output: image (3,H,W) float32 normalised with ImageNet mean/std; semseg/drivable (h,w) int64 with
-255 = ignore; depth (h,w) float32 metres (0 = invalid); det {"boxes": (N,4) float32, "labels": (N,)
-int64}; name; orig_size = (H0, W0), the size on disk.
+255 = ignore; depth (h,w) float32 metres (0 = invalid); normals (3,h,w) float32 ((0,0,0) = invalid);
+edges (h,w) float32 in [0,1] (-1 = invalid, i.e. padding); camera (4,) float32 intrinsics of the
+*label* frame (h,w); det {"boxes": (N,4) float32, "labels": (N,) int64}; name; orig_size = (H0, W0),
+the size on disk.
+
+Dense regression labels: depth and normals are resized by nearest neighbour (a bilinear mix of a
+valid and an invalid pixel, or of two surfaces, is no surface at all), edges bilinearly (a plain
+image-like map with no invalid value on disk). Normals are 3-D directions in the camera frame, so
+resizing and cropping leave their values alone; a horizontal flip mirrors the scene (x -> -x) and
+negates their x component. The camera intrinsics follow every step (``resize_intrinsics`` etc.:
+resize u0' = (u0 + 0.5) * sx - 0.5, crop u0' = u0 - x0, flip u0' = W - 1 - u0), so normals derived
+from the transformed depth and camera agree with the transformed normals after crops, flips and
+downscaling (to a fraction of a degree). They are nevertheless derived once at full resolution by the
+reader and transformed here: nearest-upsampled depth is a staircase whose finite differences lose the
+surface, and full resolution is also the frame evaluation scores in.
 
 Boxes are continuous pixel-edge coordinates: a box (x1, y1, x2, y2) covers exactly the pixel columns
 x1..x2-1 of a mask, so scaling, cropping and flipping act on boxes and masks by the same formulas.
@@ -15,7 +30,7 @@ x1..x2-1 of a mask, so scaling, cropping and flipping act on boxes and masks by 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -23,8 +38,11 @@ from PIL import Image
 
 from mtwork.data.batch import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 
-#: Value of padded pixels per label kind (images are padded with 0 after normalisation).
-MASK_PAD = {"semseg": IGNORE_INDEX, "drivable": IGNORE_INDEX, "depth": 0.0}
+#: Value of padded pixels per label kind (images are padded with 0 after normalisation); each is the
+#: kind's "invalid" value, so padding never counts in a loss or metric.
+MASK_PAD = {"semseg": IGNORE_INDEX, "drivable": IGNORE_INDEX, "depth": 0.0, "normals": 0.0, "edges": -1.0}
+#: Float label kinds and whether they are resized by nearest neighbour (else bilinear).
+FLOAT_LABELS = {"depth": True, "normals": True, "edges": False}
 #: Boxes narrower or shorter than this (pixels) after clipping are dropped with their labels.
 MIN_BOX_SIZE = 2.0
 
@@ -54,13 +72,28 @@ def _resize(array: np.ndarray, size_hw: Tuple[int, int], nearest: bool) -> np.nd
     if array.shape[:2] == tuple(size_hw):
         return array
     resample = Image.NEAREST if nearest else Image.BILINEAR
+    if array.ndim == 3 and array.dtype != np.uint8:
+        # PIL has no multi-channel float mode: resize each channel ("F" mode), same sampling
+        return np.stack([_resize(np.ascontiguousarray(array[..., c]), size_hw, nearest)
+                         for c in range(array.shape[2])], axis=-1)
+    if array.dtype in (np.float64, np.float16):
+        array = array.astype(np.float32)
     return np.asarray(Image.fromarray(array).resize((size_hw[1], size_hw[0]), resample))
 
 
 def _mask_tensor(task: str, mask: np.ndarray) -> torch.Tensor:
-    if task == "depth":
+    if task == "normals":  # (h,w,3) -> (3,h,w), channels first like the network output
+        return torch.from_numpy(_writable(mask, np.float32)).permute(2, 0, 1).contiguous()
+    if task in FLOAT_LABELS:
         return torch.from_numpy(_writable(mask, np.float32))
     return torch.from_numpy(np.asarray(mask).astype(np.int64))
+
+
+def _camera_tensor(camera: Any) -> torch.Tensor:
+    values = np.asarray(camera, dtype=np.float64).reshape(-1)
+    if values.shape != (4,):
+        raise ValueError(f"camera must be the 4 intrinsics (fx, fy, u0, v0), got shape {values.shape}")
+    return torch.from_numpy(values.astype(np.float32))
 
 
 def _det_tensors(boxes: np.ndarray, labels: np.ndarray) -> Dict[str, torch.Tensor]:
@@ -68,6 +101,39 @@ def _det_tensors(boxes: np.ndarray, labels: np.ndarray) -> Dict[str, torch.Tenso
         "boxes": torch.from_numpy(_writable(np.reshape(boxes, (-1, 4)), np.float32)),
         "labels": torch.from_numpy(_writable(np.reshape(labels, (-1,)), np.int64)),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Intrinsics under the joint transforms (pixel centres at integers, as in ``mtwork.tasks.dense_labels``)
+# ---------------------------------------------------------------------------------------------
+
+
+def resize_intrinsics(intrinsics: Sequence[float], scale_xy: Sequence[float]) -> np.ndarray:
+    """Intrinsics after resizing the image by (sx, sy) = (W'/W, H'/H).
+
+    A resize that samples pixel centres maps the centre coordinate x to (x + 0.5) * s - 0.5, so
+    u0' = (u0 + 0.5) * sx - 0.5 (not just u0 * sx) and fx' = fx * sx.
+    """
+    fx, fy, u0, v0 = (float(v) for v in intrinsics)
+    sx, sy = (float(s) for s in scale_xy)
+    return np.array([fx * sx, fy * sy, (u0 + 0.5) * sx - 0.5, (v0 + 0.5) * sy - 0.5], dtype=np.float64)
+
+
+def crop_intrinsics(intrinsics: Sequence[float], offset_yx: Sequence[int]) -> np.ndarray:
+    """Intrinsics after cropping from the top-left corner (y0, x0): the principal point shifts."""
+    fx, fy, u0, v0 = (float(v) for v in intrinsics)
+    y0, x0 = offset_yx
+    return np.array([fx, fy, u0 - x0, v0 - y0], dtype=np.float64)
+
+
+def flip_intrinsics(intrinsics: Sequence[float], width: int) -> np.ndarray:
+    """Intrinsics after a horizontal flip of an image ``width`` px wide: column u -> width-1-u.
+
+    The flipped image is that of the mirrored scene (x -> -x), which is why normals' x component is
+    negated together with this.
+    """
+    fx, fy, u0, v0 = (float(v) for v in intrinsics)
+    return np.array([fx, fy, width - 1 - u0, v0], dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -168,11 +234,21 @@ class TrainTransform:
         for task, fill in MASK_PAD.items():
             if task in sample:
                 mask = np.asarray(sample[task])
-                if mask.shape != (h0, w0):
+                if mask.shape[:2] != (h0, w0):
                     raise ValueError(
                         f"TrainTransform: sample '{sample['name']}' {task} is {mask.shape}, image {(h0, w0)}"
                     )
-                out[task] = _mask_tensor(task, place(mask, fill, nearest=True))
+                placed = place(mask, fill, nearest=FLOAT_LABELS.get(task, True))
+                if task == "normals" and params.flip:
+                    placed = placed * np.array([-1.0, 1.0, 1.0], dtype=np.float32)  # mirrored scene
+                out[task] = _mask_tensor(task, placed)
+
+        if "camera" in sample:
+            camera = resize_intrinsics(sample["camera"], (rw / w0, rh / h0))
+            camera = crop_intrinsics(camera, (y0, x0))
+            if params.flip:
+                camera = flip_intrinsics(camera, out_w)
+            out["camera"] = _camera_tensor(camera)
 
         if "det" in sample:
             boxes = np.asarray(sample["det"]["boxes"], dtype=np.float64).reshape(-1, 4)
@@ -215,6 +291,8 @@ class EvalTransform:
         for task in MASK_PAD:
             if task in sample:
                 out[task] = _mask_tensor(task, np.asarray(sample[task]))
+        if "camera" in sample:  # labels stay on disk's frame, and so does the camera
+            out["camera"] = _camera_tensor(sample["camera"])
         if "det" in sample:
             out["det"] = _det_tensors(sample["det"]["boxes"], sample["det"]["labels"])
         return out

@@ -205,3 +205,54 @@ def test_dataset_with_eval_transform_collates(synthdrive_tiny):
     assert batch["semseg"].shape[1:] == (64, 112) and batch["orig_size"].tolist()[0] == [64, 112]
     assert batch["labeled"]["det"].sum().item() == 3 and batch["labeled"]["semseg"].sum().item() == 2
     assert all(t["boxes"].dtype == torch.float32 for t in batch["det"])
+
+
+def test_synthdrive_seg_set_carries_semseg_depth_normals_edges(synthdrive_tiny):
+    from mtwork.data.transforms import TrainTransform
+
+    tasks = ("semseg", "depth", "normals", "edges")
+    ds = BDD100KDataset(synthdrive_tiny, "val", tasks=tasks)
+    # 3 det-set + 2 seg-set images, 1 shared: depth, camera and edges exist for every image
+    assert ds.labeled_counts() == {"semseg": 2, "depth": 4, "normals": 4, "edges": 4}
+    seg = [i for i in range(len(ds)) if "semseg" in ds.tasks_of(i)]
+    assert all(ds.tasks_of(i) == tasks for i in seg)
+    sample = ds[seg[0]]
+    assert sample["depth"].shape == sample["semseg"].shape == sample["edges"].shape == (64, 112)
+    assert sample["normals"].shape == (64, 112, 3) and sample["camera"].shape == (4,)
+    assert sample["normals"].dtype == np.float32 and sample["edges"].dtype == np.float32
+    length = np.linalg.norm(sample["normals"], axis=-1)
+    valid = length > 0
+    np.testing.assert_allclose(length[valid], 1.0, atol=1e-5)
+    assert not valid[sample["depth"] == 0].any()  # no normal where there is no depth
+    assert 0.0 <= sample["edges"].min() and sample["edges"].max() <= 1.0 and sample["edges"].max() > 0.1
+    # transformed and collated: every key in the network-input frame, camera rows per sample
+    ds.transform = TrainTransform((48, 96), generator=torch.Generator().manual_seed(0))
+    batch = collate([ds[i] for i in range(len(ds))])
+    n = len(ds)
+    assert batch["depth"].shape == batch["edges"].shape == batch["semseg"].shape == (n, 48, 96)
+    assert batch["normals"].shape == (n, 3, 48, 96) and batch["camera"].shape == (n, 4)
+    assert batch["labeled"]["normals"].all() and batch["labeled"]["semseg"].sum() == 2
+    # normals only: the depth PNG is still read (normals come from it) but no depth key appears
+    only = BDD100KDataset(synthdrive_tiny, "val", tasks=("normals",))[0]
+    assert "normals" in only and "depth" not in only and "edges" not in only
+
+
+def test_missing_or_broken_camera_file_is_named(synthdrive_tiny, tmp_path):
+    import shutil
+
+    root = tmp_path / "sd"
+    shutil.copytree(synthdrive_tiny, root)
+    camera = sorted((root / "labels/camera/val").glob("*.json"))[0]
+    good = camera.read_text()
+    camera.write_text(json.dumps({"intrinsic": {"fx": 50.0, "fy": 50.0, "u0": 10.0}}))
+    ds = BDD100KDataset(root, "val", tasks=("depth", "normals"))
+    index = ds.names.index(next(n for n in ds.names if n.startswith(camera.stem)))
+    with pytest.raises(DatasetError, match=rf"{camera.name}.*intrinsic\.v0"):
+        ds[index]
+    camera.write_text(good)
+    assert "normals" in ds[index]
+    camera.unlink()
+    with pytest.raises(DatasetError, match=rf"{camera.name}: camera file not found"):
+        BDD100KDataset(root, "val", tasks=("depth", "normals"))
+    # without normals the camera is not needed
+    assert len(BDD100KDataset(root, "val", tasks=("depth", "edges"))) == 4

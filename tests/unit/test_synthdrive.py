@@ -242,3 +242,30 @@ def test_regeneration_replaces_a_previous_synthdrive_root(tmp_path, generate):
     assert summary["images"] == {"100k": {"train": 2, "val": 1}, "10k": {"train": 1, "val": 1}}
     assert not list(tmp_path.glob(".sd.*"))  # temporary directories are gone
     assert decode_drivable(np.asarray(Image.open(next((root / "labels/drivable/masks/train").iterdir())))).max() <= 2
+
+
+def test_camera_files_hold_the_rendered_pinhole_and_give_back_the_road_plane(synthdrive_tiny):
+    from mtwork.data.bdd100k import read_camera
+    from mtwork.data.synthdrive.writer import _render, camera_json
+    from mtwork.tasks.dense_labels import normals_from_depth
+
+    for split in ("train", "val"):
+        stems = {p.stem for d in ("100k", "10k") for p in (synthdrive_tiny / "images" / d / split).iterdir()}
+        cameras = {p.stem for p in (synthdrive_tiny / "labels/camera" / split).glob("*.json")}
+        assert cameras == stems  # one camera file per image, like the depth PNGs
+    # the file is the scene's camera in the OpenCV convention: the renderer's pixel centres are i + 0.5
+    item = _Item("10k", "train", 0, image_name("clear_day", 0, "10k", "train", 0), ("10k", "100k"))
+    rendered, camera = _render(item, get_domain("clear_day"), 0, (H, W))
+    path = synthdrive_tiny / "labels/camera/train" / f"{Path(item.name).stem}.json"
+    data = json.loads(path.read_text())
+    assert data == camera_json(camera)
+    assert data["intrinsic"]["u0"] == camera.cx - 0.5 and data["intrinsic"]["v0"] == camera.horizon - 0.5
+    assert data["extrinsic"]["z"] == camera.height and data["extrinsic"]["pitch"] == 0.0
+    # back-projecting the rendered depth with these intrinsics puts the road on the plane y = height,
+    # whose normal faces straight up: (0, -1, 0) in the camera frame (y down)
+    normals = normals_from_depth(rendered.depth, read_camera(path))
+    road = (rendered.semseg == SEMSEG_INDEX["road"]) & (np.linalg.norm(normals, axis=-1) > 0)
+    assert road.sum() > 500
+    # (a road pixel touching an object's contact row may take its vertical difference on the object)
+    exact = np.abs(normals[road] - [0, -1, 0]).max(axis=-1) < 1e-3
+    assert exact.mean() > 0.9

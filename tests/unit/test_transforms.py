@@ -131,3 +131,31 @@ def test_bad_arguments_are_rejected():
     bad["semseg"] = bad["semseg"][:10]
     with pytest.raises(ValueError, match="semseg"):
         TrainTransform((32, 56))(bad)
+
+
+def test_dense_regression_labels_and_camera_follow_the_geometry():
+    sample = _sample(with_depth=True)
+    sample["edges"] = np.full((H, W), 0.5, np.float32)
+    normals = np.zeros((H, W, 3), np.float32)
+    normals[..., :] = (0.6, -0.8, 0.0)
+    sample["normals"] = normals
+    sample["camera"] = np.array([100.0, 90.0, 55.5, 20.0])
+    t = TrainTransform((40, 80))
+    # half scale -> 32x56, padded to 40x80 at the bottom/right, then flipped
+    out = t.apply(sample, AugParams(scale=0.5, resized=(32, 56), crop=(0, 0), flip=True))
+    assert out["normals"].shape == (3, 40, 80) and out["normals"].dtype == torch.float32
+    # flipped: x negated where there is a label; padding (now on the left) is the zero vector
+    torch.testing.assert_close(out["normals"][:, 0, -1], torch.tensor([-0.6, -0.8, 0.0]))
+    assert not out["normals"][:, :, : 80 - 56].any() and not out["normals"][:, 32:].any()
+    assert (out["edges"][:32, 80 - 56 :] == 0.5).all() and (out["edges"][32:] == -1).all()
+    assert (out["edges"][:, : 80 - 56] == -1).all() and (out["depth"][:32, 80 - 56 :] == 7.5).all()
+    # fx, fy halve; u0 = (55.5 + 0.5) * 0.5 - 0.5 = 27.5, v0 = 20.5 * 0.5 - 0.5 = 9.75; flip in 80 px
+    torch.testing.assert_close(out["camera"], torch.tensor([50.0, 45.0, 80 - 1 - 27.5, 9.75]))
+    # evaluation keeps the labels, and so the camera, in the on-disk frame
+    ev = EvalTransform((32, 56))(sample)
+    assert ev["normals"].shape == (3, H, W) and ev["edges"].shape == (H, W)
+    torch.testing.assert_close(ev["camera"], torch.tensor([100.0, 90.0, 55.5, 20.0]))
+    batch = collate([out, t.apply(_sample(), AugParams(scale=0.5, resized=(32, 56), crop=(0, 0), flip=False))])
+    assert batch["labeled"]["normals"].tolist() == [True, False]
+    assert torch.isnan(batch["camera"][1]).all() and not batch["normals"][1].any()
+    assert (batch["edges"][1] == -1).all() and (batch["depth"][1] == 0).all()

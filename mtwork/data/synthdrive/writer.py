@@ -1,7 +1,8 @@
 """Write a SynthDrive data set in the BDD100K layout (see ``mtwork.data.bdd100k``).
 
 Per split, the 100k (detection) set carries det + drivable labels and the 10k (segmentation) set
-carries semseg labels; every image also gets a depth PNG (a SynthDrive extra). A fraction
+carries semseg labels; every image also gets a depth PNG and a camera JSON (SynthDrive extras, from
+which the reader derives surface normals). A fraction
 ``overlap`` of each split's 10k images is *also* written into the 100k set under the same name and
 with the same bytes, with det + drivable labels, so those images carry every label (as BDD100K's two
 image sets overlap). ``counts`` are the numbers of files per image set: with counts
@@ -17,6 +18,12 @@ streets (their det frame has no "labels" key) and i % 8 == 2 have a truck towing
 
 The whole data set is written into a temporary sibling directory and renamed into place at the end,
 so an interrupted generation never leaves a half-written ROOT.
+
+Camera files (``labels/camera/<split>/<stem>.json``, Cityscapes style, see ``mtwork.data.bdd100k``):
+the renderer's camera is a pinhole with a horizontal optical axis (pitch 0) whose principal point
+sits on the horizon row, in pixel-centre coordinates i + 0.5. The file holds it in the OpenCV
+convention (pixel centres at integers): fx = fy = focal, u0 = cx - 0.5, v0 = horizon - 0.5, so that
+back-projecting the depth PNG with these intrinsics gives back the rendered geometry exactly.
 """
 from __future__ import annotations
 
@@ -44,13 +51,14 @@ from mtwork.data.bdd100k import (
     SPLITS,
     det_json_path,
     encode_drivable,
+    camera_dir,
     image_dir,
     mask_dir,
     metres_to_depth,
 )
 from mtwork.data.synthdrive.domains import Domain, get_domain
 from mtwork.data.synthdrive.render import Rendered, render_scene
-from mtwork.data.synthdrive.scene import sample_scene
+from mtwork.data.synthdrive.scene import Camera, sample_scene
 from mtwork.io import write_json
 
 GENERATOR_VERSION = "1.0.0"
@@ -71,6 +79,12 @@ _COUNT_SET = {"det": "100k", "seg": "10k"}
 DEPTH_UNIT_DOC = (
     "labels/depth/<split>/<stem>.png: uint16 z-depth in 1/256 m (value / 256 = metres along the "
     "optical axis), 0 = invalid (sky, ego-vehicle bonnet); at most 255.996 m"
+)
+
+CAMERA_DOC = (
+    "labels/camera/<split>/<stem>.json: Cityscapes-style camera file; intrinsic fx, fy, u0, v0 in pixels "
+    "of the image on disk, pixel centres at integers (OpenCV); extrinsic z = camera height above the road "
+    "(m), pitch/roll/yaw 0 (rad)"
 )
 
 
@@ -130,13 +144,33 @@ def plan_items(
     return plan
 
 
-def render_item(item: _Item, domain: Domain, seed: int, image_size: Tuple[int, int]) -> Rendered:
-    """Render one planned image from its own random stream."""
+def _render(item: _Item, domain: Domain, seed: int, image_size: Tuple[int, int]) -> Tuple[Rendered, Camera]:
     rng = np.random.default_rng([seed, _SET_CODE[item.image_set], _SPLIT_CODE[item.split], item.index])
     empty = item.index % EMPTY_EVERY == EMPTY_AT
     trailer = not empty and item.index % TRAILER_EVERY == TRAILER_AT
     scene = sample_scene(rng, image_size, domain, empty=empty, trailer=trailer)
-    return render_scene(scene, domain, rng)
+    return render_scene(scene, domain, rng), scene.camera
+
+
+def render_item(item: _Item, domain: Domain, seed: int, image_size: Tuple[int, int]) -> Rendered:
+    """Render one planned image from its own random stream."""
+    return _render(item, domain, seed, image_size)[0]
+
+
+def camera_json(camera: Camera) -> Dict[str, Any]:
+    """The camera file of one image (module docstring): Cityscapes keys, OpenCV pixel convention.
+
+    The renderer's pixel i has centre coordinate i + 0.5, hence the 0.5 shift of the principal point.
+    """
+    return {
+        "extrinsic": {"x": 0.0, "y": 0.0, "z": float(camera.height), "pitch": 0.0, "roll": 0.0, "yaw": 0.0},
+        "intrinsic": {
+            "fx": float(camera.focal),
+            "fy": float(camera.focal),
+            "u0": float(camera.cx) - 0.5,
+            "v0": float(camera.horizon) - 0.5,
+        },
+    }
 
 
 def _encode(array: np.ndarray, fmt: str) -> bytes:
@@ -218,7 +252,7 @@ def generate_synthdrive(
         for split in SPLITS:
             for sub in (image_dir(tmp, "100k", split), image_dir(tmp, "10k", split),
                         mask_dir(tmp, "semseg", split), mask_dir(tmp, "drivable", split),
-                        mask_dir(tmp, "depth", split)):
+                        mask_dir(tmp, "depth", split), camera_dir(tmp, split)):
                 sub.mkdir(parents=True, exist_ok=True)
         total = sum(len(items) for items in plan.values())
         bar = tqdm(total=total, desc=f"SynthDrive {dom.name}", unit="img", file=sys.stderr,
@@ -226,13 +260,15 @@ def generate_synthdrive(
         for split, items in plan.items():
             frames: List[Dict[str, Any]] = []
             for item in items:
-                rendered = render_item(item, dom, seed, image_size)
+                rendered, camera = _render(item, dom, seed, image_size)
                 stem = Path(item.name).stem
                 jpeg = _encode(rendered.image, "JPEG")
                 for image_set in item.sets:
                     (image_dir(tmp, image_set, split) / item.name).write_bytes(jpeg)
                 (mask_dir(tmp, "depth", split) / f"{stem}.png").write_bytes(
                     _encode(metres_to_depth(rendered.depth), "PNG"))
+                (camera_dir(tmp, split) / f"{stem}.json").write_text(
+                    json.dumps(camera_json(camera), indent=2) + "\n")
                 if "10k" in item.sets:
                     (mask_dir(tmp, "semseg", split) / f"{stem}.png").write_bytes(
                         _encode(rendered.semseg, "PNG"))
@@ -279,6 +315,7 @@ def generate_synthdrive(
             },
             "units": {
                 "depth": DEPTH_UNIT_DOC,
+                "camera": CAMERA_DOC,
                 "box2d": "inclusive pixel indices (Scalabel): x2 is the last covered column",
                 "jpeg_quality": JPEG_QUALITY,
             },
