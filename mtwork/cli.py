@@ -64,6 +64,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     import inspect
 
+    from mtwork.plan import source_arch
     from mtwork.pretrain import PRETRAINERS
 
     params = _params(args)
@@ -93,7 +94,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     pretrain(
         [d for d in image_dirs if d.is_dir()],
         args.out,
-        arch=params["model"]["backbone"],
+        arch=source_arch(params, args.source),
         epochs=shared["epochs"],
         batch_size=shared["batch_size"],
         crop=shared["crop"],

@@ -19,7 +19,7 @@ PARADIGMS = ("single_task", "pretrain_finetune", "pretrain_adapt_finetune", "pre
 DEVICES = ("auto", "cpu", "cuda")
 # Checkpoint formats that have an embedded pretraining run (mtwork.pretrain.PRETRAINERS; a test keeps
 # the two equal, without importing torch here).
-EMBEDDED_PRETRAIN_FORMATS = ("byol", "densecl", "dino", "moco", "open_clip", "simclr")
+EMBEDDED_PRETRAIN_FORMATS = ("byol", "densecl", "dino", "moco", "open_clip", "simclr", "simmim")
 CATALOG_KEYS = ("format", "path", "pretrain", "arch")
 
 _num = (int, float)

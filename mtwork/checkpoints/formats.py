@@ -379,6 +379,15 @@ def _convert_timm(obj: Any) -> Conversion:
     return Conversion(state_dict=kept, dropped=list(conversion.dropped) + dropped, notes=conversion.notes)
 
 
+@CHECKPOINT_FORMATS.register("simmim")
+def _convert_simmim(obj: Any) -> Conversion:
+    """mtwork's SimMIM pretraining file (``mtwork.pretrain.simmim``): ``{"state_dict": timm Swin-V2
+    keys, "arch": str, "pretrain": {...}}``. SimMIM's own releases wrap a Microsoft-layout Swin under
+    ``model`` with ``encoder.`` keys; the embedded run writes timm's layout instead, so this is the timm
+    conversion under the pretrainer's name (a pretrainer's name is the format of what it writes)."""
+    return _convert_timm(obj)
+
+
 #: The classifier of timm's transformer models (``head.fc.*`` in Swin-V2, ``head.*`` in ViT).
 TIMM_HEAD_PREFIX = "head."
 #: Swin-V2 buffers derived from the window and input size, not learned.

@@ -10,5 +10,7 @@ from mtwork.pretrain.densecl import pretrain_densecl
 from mtwork.pretrain.dino import pretrain_dino
 from mtwork.pretrain.moco import pretrain_moco_v2
 from mtwork.pretrain.simclr import pretrain_simclr
+from mtwork.pretrain.simmim import pretrain_simmim
 
-__all__ = ["PRETRAINERS", "pretrain_byol", "pretrain_densecl", "pretrain_dino", "pretrain_moco_v2", "pretrain_simclr"]
+__all__ = ["PRETRAINERS", "pretrain_byol", "pretrain_densecl", "pretrain_dino", "pretrain_moco_v2", "pretrain_simclr",
+           "pretrain_simmim"]

@@ -112,7 +112,10 @@ BUILDERS: Dict[str, Callable[[], Upstream]] = {
 }
 # The CLIP image tower is a backbone family of its own (arch clip:<name>), so its converter is tested
 # in tests/unit/test_clip.py; every ResNet format is tested here.
-OWN_FAMILY = {"open_clip": "tests/unit/test_clip.py"}
+OWN_FAMILY = {"open_clip": "tests/unit/test_clip.py",
+              # the Swin-V2 file of the embedded SimMIM run (timm keys): tests/unit/test_simmim.py and
+              # test_timm_swinv2_imports_as_the_swin_family below
+              "simmim": "tests/unit/test_simmim.py"}
 RESNET_FORMATS = [name for name in CHECKPOINT_FORMATS.names() if name not in OWN_FAMILY]
 SOURCED = [name for name in RESNET_FORMATS if name != "random"]
 

@@ -48,7 +48,9 @@ KEPT_ENCODER = {
     "dino": ("teacher", "module.backbone."),  # DINO releases the teacher
     "densecl": ("state_dict", "backbone."),
 }
-METHODS = PRETRAINERS.names()
+# the ResNet pretrainers; SimMIM (a Swin-V2 encoder) has its own tests in test_simmim.py
+RESNET_PRETRAINERS_EXCLUDED = ("simmim",)
+METHODS = [m for m in PRETRAINERS.names() if m not in RESNET_PRETRAINERS_EXCLUDED]
 
 
 @pytest.fixture(autouse=True)
@@ -128,8 +130,9 @@ def expected_layout(name: str):
 
 
 def test_every_pretrainer_writes_a_registered_checkpoint_format():
-    assert set(METHODS) <= set(CHECKPOINT_FORMATS.names())
+    assert set(PRETRAINERS.names()) <= set(CHECKPOINT_FORMATS.names())
     assert set(METHODS) == set(TINY) == set(KEPT_ENCODER)
+    assert set(METHODS) | set(RESNET_PRETRAINERS_EXCLUDED) == set(PRETRAINERS.names())
 
 
 @pytest.mark.parametrize("name", METHODS)
