@@ -91,17 +91,16 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         if key not in accepted or key in ("image_dirs", "out", "arch", "seed", "num_threads", "progress"):
             raise KeyError(f"'checkpoints.catalog.{args.source}.pretrain.{key}' is not a setting of the {entry['format']} pretraining")
     image_dirs = [args.data / "images" / "100k" / "train", args.data / "images" / "10k" / "train"]
+    # the entry's own settings win over the shared ones (e.g. a longer schedule for one method)
+    settings = {"epochs": shared["epochs"], "batch_size": shared["batch_size"], "crop": shared["crop"], **entry["pretrain"]}
     pretrain(
         [d for d in image_dirs if d.is_dir()],
         args.out,
         arch=source_arch(params, args.source),
-        epochs=shared["epochs"],
-        batch_size=shared["batch_size"],
-        crop=shared["crop"],
         seed=args.seed,
         num_threads=args.threads,
         progress=True,
-        **entry["pretrain"],
+        **settings,
     )
     return 0
 
@@ -136,25 +135,46 @@ def cmd_download_checkpoint(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from mtwork.plan import parse_run_id
+    from mtwork.train_vit import is_vit_run, train_vit_run
+
+    params = _params(args)
+    if is_vit_run(params, parse_run_id(args.run)):  # source 2: a Swin-V2 source
+        train_vit_run(params, args.run, data_root=args.data, checkpoint=args.checkpoint, out_dir=args.out)
+        return 0
     from mtwork.train import train_run
 
-    train_run(_params(args), args.run, data_root=args.data, checkpoint=args.checkpoint, out_dir=args.out)
+    train_run(params, args.run, data_root=args.data, checkpoint=args.checkpoint, out_dir=args.out)
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from mtwork.plan import parse_run_id
+    from mtwork.train_vit import evaluate_vit_run, is_vit_run
+
+    params = _params(args)
+    if is_vit_run(params, parse_run_id(Path(args.run_dir).name)):
+        if args.protocol != "mtl":
+            raise ValueError(f"source 2's runs are evaluated with protocol mtl only, not '{args.protocol}'")
+        evaluate_vit_run(params, args.run_dir, data_root=args.data, out=args.out)
+        return 0
     from mtwork.evaluate import evaluate_run
 
-    evaluate_run(
-        _params(args), args.run_dir, data_root=args.data, out=args.out, protocol=args.protocol, domain=args.domain
-    )
+    evaluate_run(params, args.run_dir, data_root=args.data, out=args.out, protocol=args.protocol, domain=args.domain)
     return 0
 
 
 def cmd_tables(args: argparse.Namespace) -> int:
     from mtwork.report.tables import write_tables
 
-    write_tables(_params(args), metrics_dir=args.metrics, runs_dir=args.runs, out_dir=args.out, figures_dir=args.figures)
+    params = _params(args)
+    write_tables(params, metrics_dir=args.metrics, runs_dir=args.runs, out_dir=args.out, figures_dir=args.figures)
+    if params["vit"]["enabled"]:  # source 2's tables from results/metrics/vit and the runs in --vit-runs
+        from mtwork.report.vit_tables import write_vit_tables
+
+        if args.vit_runs is None:
+            raise ValueError("vit.enabled is true: pass --vit-runs (the folder of source 2's runs, e.g. models/vit)")
+        write_vit_tables(params, Path(args.metrics) / "vit", args.vit_runs, args.out, args.figures)
     return 0
 
 
@@ -234,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_params(p)
     p.add_argument("--metrics", default=Path("results/metrics"), type=Path)
     p.add_argument("--runs", default=Path("models/runs"), type=Path)
+    p.add_argument("--vit-runs", default=None, type=Path, help="source 2's run folder (models/vit), when vit.enabled")
     p.add_argument("--out", default=Path("results/tables"), type=Path)
     p.add_argument("--figures", default=Path("results/figures"), type=Path)
     p.set_defaults(func=cmd_tables)

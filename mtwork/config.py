@@ -16,6 +16,11 @@ SCALES = ("embedded", "paper")
 DATASETS = ("synthdrive", "bdd100k")
 TASK_NAMES = ("semseg", "drivable", "det")
 PARADIGMS = ("single_task", "pretrain_finetune", "pretrain_adapt_finetune", "pretrain_adapt_finetune_lv", "lora")
+# Source 2 (ViT adapters on a frozen Swin-V2): dense tasks and the multi-task paradigms of the vit block
+# (mtwork.plan.VIT_PARADIGMS holds what each means; a test keeps the two equal).
+VIT_TASK_NAMES = ("semseg", "depth", "normals", "edges")
+VIT_PARADIGMS = ("full_finetune", "frozen_multiscale_adapter", "vtagml", "vtagml_no_taa", "vtagml_no_tsn",
+                 "vtagml_no_troa", "vtagml_uncertainty", "vtagml_dwa")
 DEVICES = ("auto", "cpu", "cuda")
 # Checkpoint formats that have an embedded pretraining run (mtwork.pretrain.PRETRAINERS; a test keeps
 # the two equal, without importing torch here).
@@ -76,6 +81,24 @@ SCHEMA: Dict[str, Any] = {
         "threads": int,
     },
     "evaluate": {"batch_size": int},
+    "vit": {
+        "enabled": bool,
+        "source": str,
+        "tasks": _list_of(str, VIT_TASK_NAMES),
+        "task_subsets": _list_of(list),
+        "paradigms": _list_of(str, VIT_PARADIGMS),
+        "seeds": _list_of(int),
+        "epochs": int,
+        "batch_size": int,
+        "input_size": _list_of(int),
+        "lr": _num,
+        "weight_decay": _num,
+        "warmup_epochs": _num,
+        "loss_weights": ("mapping", _num),
+        "task_embed_dim": int,
+        "adapter_reduction": int,
+        "troa": {"step_size": _num, "every": int, "affinity_momentum": _num},
+    },
 }
 
 
@@ -209,8 +232,35 @@ def _check_semantics(p: Dict[str, Any]) -> None:
     if "pretrain_adapt_finetune_lv" in train["paradigms"]:
         if clip_source not in ckpt["catalog"] or ckpt["catalog"][clip_source]["format"] != "open_clip":
             raise ParamsError(f"'model.lv.clip_source' = '{clip_source}' must be a checkpoints.catalog entry of format open_clip")
+    _check_vit(p)
     if data["dataset"] == "bdd100k" and not data["bdd100k_root"]:
         raise ParamsError("'data.bdd100k_root' is null: the bdd100k dataset needs the folder holding images/ and labels/")
+
+
+def _check_vit(p: Dict[str, Any]) -> None:
+    vit, catalog = p["vit"], p["checkpoints"]["catalog"]
+    if not vit["enabled"]:
+        return
+    source = vit["source"]
+    if source not in catalog:
+        raise ParamsError(f"'vit.source' = '{source}' is not in checkpoints.catalog (known: {', '.join(catalog)})")
+    arch = catalog[source].get("arch", "")
+    if not arch.startswith("swin:"):
+        raise ParamsError(f"'checkpoints.catalog.{source}.arch' must name a Swin-V2 (swin:<name>) for vit.source, got {arch!r}")
+    entry = catalog[source]
+    if not entry.get("path") and (entry["format"] not in EMBEDDED_PRETRAIN_FORMATS or "pretrain" not in entry):
+        raise ParamsError(f"'checkpoints.catalog.{source}.path' is null and the entry has no embedded pretraining")
+    if len(vit["tasks"]) < 2 or len(set(vit["tasks"])) != len(vit["tasks"]):
+        raise ParamsError(f"'vit.tasks' must list at least two different tasks, got {vit['tasks']}")
+    for i, subset in enumerate(vit["task_subsets"]):
+        if len(subset) < 2 or any(t not in vit["tasks"] for t in subset):
+            raise ParamsError(f"'vit.task_subsets[{i}]' must list at least two of vit.tasks {vit['tasks']}, got {subset}")
+    for task in vit["tasks"]:
+        if task not in vit["loss_weights"]:
+            raise ParamsError(f"missing key 'vit.loss_weights.{task}'")
+    size = vit["input_size"]
+    if len(size) != 2 or any(s <= 0 or s % 32 for s in size):
+        raise ParamsError(f"'vit.input_size' must be [H, W], multiples of 32 (the Swin's stride), got {size}")
 
 
 def resolve(raw: Mapping[str, Any], overrides: Iterable[str] = ()) -> Dict[str, Any]:

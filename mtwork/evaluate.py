@@ -19,7 +19,9 @@ from mtwork.io import write_json
 from mtwork.runtime import autocast, resolve_device, set_threads
 
 # delta_m compares one primary metric per task (named in every table caption).
-PRIMARY_METRIC = {"semseg": "miou", "drivable": "miou", "det": "map"}
+PRIMARY_METRIC = {"semseg": "miou", "drivable": "miou", "det": "map",
+                  # source 2's dense tasks (lower is better for all three)
+                  "depth": "rmse", "normals": "mean_angle", "edges": "edge_l1"}
 
 
 def delta_m(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Tuple
 
 PROTOCOL_MTL = "mtl"
 PROTOCOL_DG = "dg"
@@ -25,6 +25,24 @@ PARADIGM_METHOD = {
     "pretrain_adapt_finetune_lv": "lv_adapter",  # multi-scale adapters + LV-Adapter language path
     "lora": "lora",  # backbone frozen but for low-rank updates of its convolutions, all epochs
 }
+# Source 2's paradigms (the `vit` block): what each run trains on the Swin-V2 and how its losses are
+# balanced. ``model``: "vtagml" (TAA + TSN adapter blocks), "full_finetune" (whole encoder trainable) or
+# "multiscale_adapter" (source 1's adapters on the frozen Swin); ``balancer``: a name of
+# mtwork.methods.loss_balancing (TROA feeds its affinities to TAA/TSN; the others leave them identity).
+VIT_PARADIGMS: Dict[str, Dict[str, Any]] = {
+    "single_task": dict(model="full_finetune", use_taa=False, use_tsn=False, balancer="equal"),
+    "full_finetune": dict(model="full_finetune", use_taa=False, use_tsn=False, balancer="equal"),
+    "frozen_multiscale_adapter": dict(model="multiscale_adapter", use_taa=False, use_tsn=False, balancer="equal"),
+    "vtagml": dict(model="vtagml", use_taa=True, use_tsn=True, balancer="troa"),
+    "vtagml_no_taa": dict(model="vtagml", use_taa=False, use_tsn=True, balancer="troa"),
+    "vtagml_no_tsn": dict(model="vtagml", use_taa=True, use_tsn=False, balancer="troa"),
+    "vtagml_no_troa": dict(model="vtagml", use_taa=True, use_tsn=True, balancer="equal"),
+    "vtagml_uncertainty": dict(model="vtagml", use_taa=True, use_tsn=True, balancer="uncertainty"),
+    "vtagml_dwa": dict(model="vtagml", use_taa=True, use_tsn=True, balancer="dwa"),
+}
+for _name, _spec in VIT_PARADIGMS.items():
+    PARADIGM_METHOD.setdefault(_name, _spec["model"])
+
 # Paradigms whose first `train.adapt_epochs` epochs train with the backbone frozen.
 ADAPT_PARADIGMS = ("pretrain_adapt_finetune", "pretrain_adapt_finetune_lv")
 
@@ -74,6 +92,22 @@ def plan_runs(params: Mapping[str, Any]) -> List[RunSpec]:
                     runs.extend(RunSpec(source, paradigm, (task,), seed) for task in train["tasks"])
                 else:
                     runs.append(RunSpec(source, paradigm, tuple(train["tasks"]), seed))
+    return runs
+
+
+def plan_vit_runs(params: Mapping[str, Any]) -> List[RunSpec]:
+    """Source 2's runs (``vit`` block): single-task baselines of every vit task, each vit paradigm on all
+    vit tasks, and VTAGML on each smaller task subset (the S-D and S-D-N tables)."""
+    vit = params["vit"]
+    if not vit["enabled"]:
+        return []
+    tasks = tuple(vit["tasks"])
+    runs: List[RunSpec] = []
+    for seed in vit["seeds"]:
+        runs.extend(RunSpec(vit["source"], "single_task", (task,), seed) for task in tasks)
+        runs.extend(RunSpec(vit["source"], paradigm, tasks, seed) for paradigm in vit["paradigms"])
+        runs.extend(RunSpec(vit["source"], "vtagml", tuple(subset), seed) for subset in vit["task_subsets"]
+                    if tuple(subset) != tasks)
     return runs
 
 
@@ -128,14 +162,18 @@ def embedded_checkpoint_path(source: str) -> Path:
     return MODELS_DIR / "upstream" / f"{source}.pth.tar"
 
 
+def planned_sources(params: Mapping[str, Any]) -> List[str]:
+    """Every checkpoint source a run of the plan starts from: checkpoints.sources, then vit.source."""
+    sources = list(params["checkpoints"]["sources"])
+    if params["vit"]["enabled"] and params["vit"]["source"] not in sources:
+        sources.append(params["vit"]["source"])
+    return sources
+
+
 def embedded_pretrain_sources(params: Mapping[str, Any]) -> List[str]:
     """The planned sources whose upstream file is made by an embedded pretraining run."""
     catalog = params["checkpoints"]["catalog"]
-    return [
-        s
-        for s in params["checkpoints"]["sources"]
-        if catalog[s]["format"] != "random" and not catalog[s].get("path")
-    ]
+    return [s for s in planned_sources(params) if catalog[s]["format"] != "random" and not catalog[s].get("path")]
 
 
 def pretrained_path(source: str) -> Path:
@@ -144,6 +182,15 @@ def pretrained_path(source: str) -> Path:
 
 def run_dir(run_id: str) -> Path:
     return MODELS_DIR / "runs" / run_id
+
+
+def vit_run_dir(run_id: str) -> Path:
+    """Source 2's runs live apart from source 1's (their own rules, checkpoints and metrics)."""
+    return MODELS_DIR / "vit" / run_id
+
+
+def vit_metrics_path(run_id: str) -> Path:
+    return RESULTS_DIR / "metrics" / "vit" / f"{run_id}.json"
 
 
 def metrics_path(run_id: str, protocol: str = PROTOCOL_MTL, domain: str | None = None) -> Path:

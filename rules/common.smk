@@ -117,7 +117,12 @@ PARAM_KEYS = {
     "evaluate": ["evaluate", "train.input_size", "train.device", "train.amp", "data.source_domain"],
     "evaluate_dg": ["evaluate", "train.input_size", "train.device", "train.amp"],
     "tables": ["checkpoints.sources", "train.tasks", "train.paradigms", "train.seeds", "data.source_domain",
-               "data.dg_domains"],
+               "data.dg_domains", "vit.enabled", "vit.tasks", "vit.task_subsets", "vit.paradigms", "vit.seeds"],
+    # source 2: everything of the vit block shapes a run but its run lists (those only plan runs)
+    "train_vit": [f"vit.{k}" for k in ("source", "epochs", "batch_size", "input_size", "lr", "weight_decay",
+                                       "warmup_epochs", "loss_weights", "task_embed_dim", "adapter_reduction", "troa")]
+    + ["train.device", "train.amp"],
+    "evaluate_vit": ["evaluate", "vit.input_size", "train.device", "train.amp", "data.source_domain"],
 }
 
 
@@ -140,6 +145,7 @@ def rule_params(rule_name):
 # ---- plan, paths, resources -----------------------------------------------------------------------
 
 RUNS = plan.plan_runs(P)
+VIT_RUNS = plan.plan_vit_runs(P)
 SOURCE_DOMAIN = P["data"]["source_domain"]
 DG_DOMAINS = list(P["data"]["dg_domains"])
 SYNTHDRIVE = P["data"]["dataset"] == "synthdrive"
@@ -215,5 +221,5 @@ CONDA_ENV = "../envs/mtwork.yaml"
 
 # run ids as plan.RunSpec.id writes them: SOURCE__PARADIGM__TASK-TASK__sSEED
 _paradigms = "|".join(plan.PARADIGM_METHOD)
-_tasks = "|".join(mtconfig.TASK_NAMES)
+_tasks = "|".join(dict.fromkeys(mtconfig.TASK_NAMES + mtconfig.VIT_TASK_NAMES))
 RUN_ID_PATTERN = rf"[A-Za-z0-9_\-]+?__(?:{_paradigms})__(?:{_tasks})(?:-(?:{_tasks}))*__s[0-9]+"

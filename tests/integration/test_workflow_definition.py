@@ -35,6 +35,9 @@ DVC_STAGE_RULE = {
     "evaluate_single_task": "evaluate",
     "evaluate_dg": "evaluate_dg",
     "evaluate_dg_single_task": "evaluate_dg",
+    "import_checkpoint_vit": "import_checkpoint",
+    "train_vit": "train_vit",
+    "evaluate_vit": "evaluate_vit",
     "tables": "tables",
 }
 
@@ -111,7 +114,12 @@ def test_snakemake_and_dvc_plan_the_same_jobs(workflow_dir: Path, variant: str, 
     assert rules.count("train") == rules.count("evaluate") == n_runs
     assert rules.count("evaluate_dg") == n_runs * len(params["data"]["dg_domains"])
     assert rules.count("generate_synthdrive") == 1 + len(params["data"]["dg_domains"])
-    assert rules.count("pretrain") == 1 and rules.count("tables") == 1
+    from mtwork.config import resolve
+    from mtwork.plan import embedded_pretrain_sources, plan_vit_runs
+
+    resolved = resolve(params)
+    assert rules.count("pretrain") == len(embedded_pretrain_sources(resolved)) and rules.count("tables") == 1
+    assert rules.count("train_vit") == rules.count("evaluate_vit") == len(plan_vit_runs(resolved)) > 0
 
 
 def _snakemake_param_keys(wf: Path, monkeypatch) -> Dict[str, List[str]]:
@@ -130,6 +138,8 @@ def test_each_stage_tracks_the_params_its_rule_tracks(workflow_dir: Path, monkey
     for stage in dvc_stages(workflow_dir):
         base, _, item = stage.name.partition("@")
         rule = DVC_STAGE_RULE[base]
+        if base == "import_checkpoint_vit":  # one stage, its source from vit.source
+            item = yaml.safe_load((workflow_dir / "params.yaml").read_text())["vit"]["source"]
         tracked = {k for d in stage.deps if isinstance(d, ParamsDependency) for k in d.params}
         expected = {k.format(source=item) for k in keys[rule]}
         assert tracked - {"scale"} == expected, f"{stage.name}: dvc.yaml {sorted(tracked)}, Snakemake {sorted(expected)}"
@@ -149,6 +159,10 @@ def test_dvc_vars_match_params(workflow_dir: Path):
     from mtwork.plan import embedded_pretrain_sources
 
     assert embedded == embedded_pretrain_sources(resolve(params))
+    vit_runs = next(v["vit_runs"] for v in dvc["vars"] if isinstance(v, dict) and "vit_runs" in v)
+    from mtwork.plan import plan_vit_runs
+
+    assert vit_runs == [run.id for run in plan_vit_runs(resolve(params))]
 
 
 # ---- overrides --------------------------------------------------------------------------------------

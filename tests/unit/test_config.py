@@ -87,4 +87,27 @@ def test_a_source_without_file_needs_an_embedded_pretraining():
     p = load_params(PARAMS, ["checkpoints.sources=[moco_v2, simclr, byol, dino, densecl]"])
     from mtwork.plan import embedded_pretrain_sources
 
-    assert embedded_pretrain_sources(p) == ["moco_v2", "simclr", "byol", "dino", "densecl"]
+    # then source 2's Swin-V2, pretrained with SimMIM
+    assert embedded_pretrain_sources(p) == ["moco_v2", "simclr", "byol", "dino", "densecl", "swin_simmim"]
+    p = load_params(PARAMS, ["checkpoints.sources=[moco_v2]", "vit.enabled=false"])
+    assert embedded_pretrain_sources(p) == ["moco_v2"]
+
+
+def test_vit_block_is_checked():
+    with pytest.raises(ParamsError, match="vit.source"):
+        load_params(PARAMS, ["vit.source=nope"])
+    with pytest.raises(ParamsError, match="swin"):
+        load_params(PARAMS, ["vit.source=moco_v2"])
+    with pytest.raises(ParamsError, match=r"vit.task_subsets\[0\]"):
+        load_params(PARAMS, ["vit.task_subsets=[[semseg, drivable]]"])
+    with pytest.raises(ParamsError, match="vit.input_size"):
+        load_params(PARAMS, ["vit.input_size=[60, 128]"])
+    with pytest.raises(ParamsError, match="vit.paradigms"):
+        load_params(PARAMS, ["vit.paradigms=[vtagml, lora]"])
+
+
+def test_vit_paradigms_agree_with_the_plan():
+    from mtwork.config import VIT_PARADIGMS
+    from mtwork.plan import VIT_PARADIGMS as PLANNED
+
+    assert set(VIT_PARADIGMS) == set(PLANNED) - {"single_task"}

@@ -1,0 +1,51 @@
+# Source 2: ViT adapters on a frozen Swin-V2 (the `vit` block of params.yaml). The Swin's checkpoint
+# comes through rules/checkpoints.smk like every source (SimMIM pretraining + import); its runs live in
+# models/vit/<run>/ and results/metrics/vit/<run>.json, apart from source 1's.
+
+
+rule train_vit:
+    input:
+        data=dataset_input(SOURCE_DOMAIN),
+        check=str(plan.data_check_path(SOURCE_DOMAIN)),
+        checkpoint=train_checkpoint,
+    output:
+        final=str(plan.vit_run_dir("{run}") / RUN_FINAL),
+        log=str(plan.vit_run_dir("{run}") / RUN_LOG),
+    log:
+        "logs/train_vit/{run}.log",
+    params:
+        args=MTWORK_ARGS,
+        settings=rule_params("train_vit"),
+        out_dir=lambda wildcards: str(plan.vit_run_dir(wildcards.run)),
+    threads: TRAIN_THREADS
+    resources:
+        gpu=GPUS,
+    conda:
+        CONDA_ENV
+    shell:
+        "mtwork train {params.args} --run {wildcards.run} --data {input.data:q} --checkpoint {input.checkpoint:q}"
+        " --out {params.out_dir:q} > {log:q} 2>&1"
+
+
+rule evaluate_vit:
+    input:
+        final=str(plan.vit_run_dir("{run}") / RUN_FINAL),
+        checkpoint=train_checkpoint,
+        data=dataset_input(SOURCE_DOMAIN),
+        check=str(plan.data_check_path(SOURCE_DOMAIN)),
+    output:
+        str(plan.vit_metrics_path("{run}")),
+    log:
+        "logs/evaluate_vit/{run}.log",
+    params:
+        args=MTWORK_ARGS,
+        settings=rule_params("evaluate_vit"),
+        run_dir=lambda wildcards: str(plan.vit_run_dir(wildcards.run)),
+    threads: TRAIN_THREADS
+    resources:
+        gpu=GPUS,
+    conda:
+        CONDA_ENV
+    shell:
+        "mtwork evaluate {params.args} --run-dir {params.run_dir:q} --data {input.data:q} --out {output:q}"
+        " --protocol mtl > {log:q} 2>&1"
