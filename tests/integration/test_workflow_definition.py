@@ -84,9 +84,10 @@ def _edit_params(wf: Path, edit) -> None:
 
 
 def _with_more_runs(params):
-    params["train"]["seeds"] = [0, 1]
+    params["train"]["seeds"] = [0, 1, 2]
     params["data"]["dg_domains"] = ["dusk_fog", "night"]
-    params["checkpoints"]["sources"] = ["moco_v2", "random"]
+    # the same sources in another order (vars.embedded_pretrain lists those the default plans)
+    params["checkpoints"]["sources"] = list(reversed(params["checkpoints"]["sources"]))
 
 
 # ---- the plans agree ------------------------------------------------------------------------------
