@@ -268,6 +268,20 @@ def _check_split(report: CheckReport, root: Path, split: str, bar: tqdm) -> None
         "ignore": int(semseg_counts[IGNORE_INDEX]),
     }
     report.drivable_pixels[split] = {c: int(drivable_counts[i]) for i, c in enumerate(DRIVABLE_CLASSES)}
+    # --- cameras: normals are derived from depth and the intrinsics, so every depth image needs one ---
+    if labeled["depth"]:
+        from mtwork.data.bdd100k import DatasetError, camera_dir, read_camera
+
+        cameras = camera_dir(root, split)
+        for name in sorted(labeled["depth"]):
+            path = cameras / f"{Path(name).stem}.json"
+            if not path.is_file():
+                report.add(MISSING, path, "camera file missing: the depth image's normals need its intrinsics")
+                continue
+            try:
+                read_camera(path)
+            except (DatasetError, ValueError, OSError) as exc:
+                report.add(INVALID_JSON, path, f"unreadable camera file: {exc}")
     all_three = labeled["det"] & labeled["semseg"] & labeled["drivable"]
     report.labeled[split] = {**{t: len(v) for t, v in labeled.items()}, "all_three": len(all_three)}
 

@@ -117,3 +117,19 @@ def test_run_check_cli_exit_code_and_json(synthdrive_tiny, bdd_mini_root, tmp_pa
     report = json.loads(out.read_text())
     assert report["ok"] is False and report["problem_counts"][chk.MISSING] >= 4
     assert not list(out.parent.glob(".*.tmp"))  # written atomically, no temp file left
+
+
+def test_depth_images_need_a_readable_camera_file(synthdrive_tiny, tmp_path):
+    from pathlib import Path
+
+    from mtwork.data.check import INVALID_JSON, MISSING, check_bdd100k
+
+    root = tmp_path / "cams"
+    shutil.copytree(synthdrive_tiny, root)
+    cameras = sorted((root / "labels/camera/train").glob("*.json"))
+    cameras[0].unlink()
+    cameras[1].write_text('{"intrinsic": {"fx": 100}}')
+    report = check_bdd100k(root)
+    found = {(p["kind"], Path(p["path"]).name) for p in report.to_dict()["problems"]}
+    assert (MISSING, cameras[0].name) in found and (INVALID_JSON, cameras[1].name) in found
+    assert not report.ok
