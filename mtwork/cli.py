@@ -160,7 +160,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     from mtwork.evaluate import evaluate_run
 
-    evaluate_run(params, args.run_dir, data_root=args.data, out=args.out, protocol=args.protocol, domain=args.domain)
+    if not (len(args.dg_domain) == len(args.dg_data) == len(args.dg_out)):
+        raise ValueError("give --dg-domain, --dg-data and --dg-out once per domain-generalization domain "
+                         f"(got {len(args.dg_domain)}, {len(args.dg_data)}, {len(args.dg_out)})")
+    dg = list(zip(args.dg_domain, args.dg_data, args.dg_out))
+    evaluate_run(params, args.run_dir, data_root=args.data, out=args.out, protocol=args.protocol, domain=args.domain, dg=dg)
     return 0
 
 
@@ -248,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--protocol", default="mtl", choices=["mtl", "dg"])
     p.add_argument("--domain", default=None)
+    p.add_argument("--dg-domain", action="append", default=[], help="also evaluate on this domain (protocol dg); repeat")
+    p.add_argument("--dg-data", action="append", default=[], type=Path, help="that domain's data root, in --dg-domain order")
+    p.add_argument("--dg-out", action="append", default=[], type=Path, help="its metrics JSON, in --dg-domain order")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("tables", help="render paper-style tables and figures")

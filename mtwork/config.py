@@ -232,6 +232,9 @@ def _check_semantics(p: Dict[str, Any]) -> None:
     if "pretrain_adapt_finetune_lv" in train["paradigms"]:
         if clip_source not in ckpt["catalog"] or ckpt["catalog"][clip_source]["format"] != "open_clip":
             raise ParamsError(f"'model.lv.clip_source' = '{clip_source}' must be a checkpoints.catalog entry of format open_clip")
+        if p["scale"] == "paper" and not ckpt["catalog"][clip_source].get("path"):
+            raise ParamsError(f"'checkpoints.catalog.{clip_source}.path' is null: at paper scale the LV-Adapter's "
+                              "text tower (model.lv.clip_source) needs its open_clip file")
     _check_vit(p)
     if data["dataset"] == "bdd100k" and not data["bdd100k_root"]:
         raise ParamsError("'data.bdd100k_root' is null: the bdd100k dataset needs the folder holding images/ and labels/")

@@ -1,6 +1,7 @@
 """Evaluation of a trained run on a domain's val split, and the multi-task delta_m.
 
-``evaluate_run`` writes one metrics JSON per (run, protocol, domain):
+``evaluate_run`` writes one metrics JSON per (run, protocol, domain) — the source domain and, in the
+same job, every domain-generalization domain (the model is loaded once):
     {"run", "protocol", "domain", "source", "paradigm", "tasks", "seed", "params_hash",
      "metrics": {task: {metric: value}}, "train": {"seconds", "stage_seconds", "trainable_params",
      "total_params"}, "val_images": {task: n}}
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Sequence, Tuple
 
 import torch
 from torch.utils.data import DataLoader
@@ -72,16 +73,30 @@ def evaluate_run(
     out: str | Path,
     protocol: str = "mtl",
     domain: str | None = None,
+    dg: Sequence[Tuple[str, str | Path, str | Path]] = (),
 ) -> Dict[str, Any]:
+    """Evaluate a run on ``data_root`` (written to ``out`` under ``protocol``/``domain``), then on every
+    ``(domain, data_root, out)`` of ``dg`` (protocol dg: domains the run never trained on).
+
+    The model is loaded once for all of them; returns the first record (the others are on disk).
+    """
+    run_dir = Path(run_dir)
+    set_threads(params["train"]["threads"])
+    device = resolve_device(params["train"]["device"])
+    model, ckpt = load_trained_model(run_dir, device)
+    targets = [(protocol, domain or params["data"]["source_domain"], data_root, out)]
+    targets += [("dg", dg_domain, dg_root, dg_out) for dg_domain, dg_root, dg_out in dg]
+    records = [_evaluate_on(params, run_dir, model, ckpt, device, *target) for target in targets]
+    return records[0]
+
+
+def _evaluate_on(params, run_dir: Path, model, ckpt, device, protocol: str, domain: str,
+                 data_root: str | Path, out: str | Path) -> Dict[str, Any]:
     from mtwork.data.batch import batch_to_device, collate
     from mtwork.data.bdd100k import BDD100KDataset
     from mtwork.data.transforms import EvalTransform
     from mtwork.tasks import TASKS
 
-    run_dir = Path(run_dir)
-    set_threads(params["train"]["threads"])
-    device = resolve_device(params["train"]["device"])
-    model, ckpt = load_trained_model(run_dir, device)
     config = ckpt["model_config"]
     tasks = {t: TASKS.create(t, **config["task_kwargs"].get(t, {})) for t in config["tasks"]}
     dataset = BDD100KDataset(data_root, "val", tasks=tuple(tasks), transform=EvalTransform(tuple(params["train"]["input_size"])))
@@ -93,7 +108,7 @@ def evaluate_run(
         evaluator.reset()
     t0 = time.perf_counter()
     with torch.no_grad():
-        for batch in tqdm(loader, desc=f"evaluate {run_dir.name}", leave=False, dynamic_ncols=True):
+        for batch in tqdm(loader, desc=f"evaluate {run_dir.name} on {domain}", leave=False, dynamic_ncols=True):
             batch = batch_to_device(batch, device)
             with autocast(device, bool(params["train"]["amp"])):
                 outputs = model(batch["image"])
@@ -106,7 +121,7 @@ def evaluate_run(
     record = {
         "run": ckpt["run"],
         "protocol": protocol,
-        "domain": domain or params["data"]["source_domain"],
+        "domain": domain,
         "source": log.get("source"),
         "paradigm": log.get("paradigm"),
         "method": log.get("method"),
@@ -126,7 +141,7 @@ def evaluate_run(
     }
     write_json(out, record)
     summary = "; ".join(f"{t}: " + ", ".join(f"{k} {v:.2f}" for k, v in m.items() if isinstance(v, float) and "/" not in k) for t, m in metrics.items())
-    print(f"[mtwork evaluate] {ckpt['run']} ({protocol}, {record['domain']}): {summary}", flush=True)
+    print(f"[mtwork evaluate] {ckpt['run']} ({protocol}, {domain}): {summary}", flush=True)
     return record
 
 

@@ -114,8 +114,7 @@ PARAM_KEYS = {
     "import_checkpoint": ["checkpoints.catalog.{source}", "model.backbone"],
     # model: the architecture and the det post-processing stored with final.pt; not workers/threads
     "train": TRAIN_KEYS + ["model"],
-    "evaluate": ["evaluate", "train.input_size", "train.device", "train.amp", "data.source_domain"],
-    "evaluate_dg": ["evaluate", "train.input_size", "train.device", "train.amp"],
+    "evaluate": ["evaluate", "train.input_size", "train.device", "train.amp", "data.source_domain", "data.dg_domains"],
     "tables": ["checkpoints.sources", "train.tasks", "train.paradigms", "train.seeds", "data.source_domain",
                "data.dg_domains", "vit.enabled", "vit.tasks", "vit.task_subsets", "vit.paradigms", "vit.seeds"],
     # source 2: everything of the vit block shapes a run but its run lists (those only plan runs)
@@ -194,6 +193,14 @@ def upstream_input(wildcards):
 def train_checkpoint(wildcards):
     """The converted backbone a run starts from (its source is part of the run id)."""
     return str(plan.pretrained_path(plan.parse_run_id(wildcards.run).source))
+
+
+def dg_args(wildcards, input, output):
+    """`--dg-domain D --dg-data ROOT --dg-out FILE` per domain of data.dg_domains (same order as DG_DOMAINS)."""
+    return " ".join(
+        f"--dg-domain {shlex.quote(domain)} --dg-data {shlex.quote(str(root))} --dg-out {shlex.quote(str(out))}"
+        for domain, root, out in zip(DG_DOMAINS, input.dg_data, output.dg)
+    )
 
 
 def parent_dir(name, levels=1):

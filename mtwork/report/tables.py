@@ -199,6 +199,9 @@ def write_tables(
         plot_delta_m(mtl_rows, figures[-1], f"Δm by checkpoint source and paradigm ({domain} val)")
     for dg_domain in params["data"]["dg_domains"]:
         dg_records = read_records(metrics_dir / "dg" / dg_domain)
+        if not dg_records:
+            raise FileNotFoundError(f"data.dg_domains lists '{dg_domain}' but {metrics_dir / 'dg' / dg_domain} holds "
+                                    "no metrics (dvc.yaml evaluates only the first DG domain: run more through Snakemake)")
         if dg_records:
             write_table_set(
                 build_rows(dg_records, sources, tasks),

@@ -174,6 +174,11 @@ elif verb == "train":
 elif verb == "evaluate":
     need(Path(opt("--run-dir")) / "final.pt"), need(opt("--data"))
     write(opt("--out"))
+    for i, word in enumerate(argv):  # one (--dg-data, --dg-out) pair per DG domain
+        if word == "--dg-data":
+            need(argv[i + 1])
+        elif word == "--dg-out":
+            write(argv[i + 1])
 elif verb == "tables":
     need(opt("--metrics"))
     for name in ("mtl.md", "mtl.tex", "mtl.csv"):

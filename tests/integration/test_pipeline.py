@@ -28,7 +28,16 @@ TINY = [
     "checkpoints__sources=[random, moco_v2]",
     "checkpoints__pretrain={epochs: 1, batch_size: 8, crop: 32}",
     "checkpoints__catalog__moco_v2__pretrain__queue_size=64",
+    "checkpoints__catalog__clip_tiny__pretrain__epochs=1",  # the LV-Adapter's text tower
+    "checkpoints__catalog__swin_simmim__pretrain={epochs: 1, batch_size: 8, crop: 64}",
     "evaluate__batch_size=4",
+    # source 2: VTAGML with TROA and one ablation on two tasks, against their single-task baselines
+    "vit__epochs=1",
+    "vit__batch_size=4",
+    "vit__input_size=[64, 96]",
+    "vit__tasks=[semseg, depth]",
+    "vit__task_subsets=[]",
+    "vit__paradigms=[vtagml, vtagml_no_troa]",
 ]
 
 
@@ -73,8 +82,11 @@ def test_tiny_pipeline_end_to_end(workflow_dir: Path, wt):
     for domain in params["data"]["dg_domains"]:
         assert (tables / f"dg_{domain}.md").is_file(), domain
 
-    png = figures / "training_curves.png"
-    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("training_curves.png", "delta_m.png", "vit_affinity.png", "vit_task_weights.png"):
+        png = figures / name
+        assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    vit_md = (tables / "vit_mtl.md").read_text()
+    assert "VTAGML" in vit_md and (tables / "vit_params.md").is_file()
 
     again = wt.snakemake(wf, "--profile", "profiles/local", "results/tables", "--config", *TINY)
     assert "Nothing to be done" in again.stdout + again.stderr, again.stdout[-3000:]
