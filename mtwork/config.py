@@ -97,6 +97,7 @@ SCHEMA: Dict[str, Any] = {
         "loss_weights": ("mapping", _num),
         "task_embed_dim": int,
         "adapter_reduction": int,
+        "adapted_blocks": (list, type(None)),
         "troa": {"step_size": _num, "every": int, "affinity_momentum": _num},
     },
 }
@@ -261,6 +262,11 @@ def _check_vit(p: Dict[str, Any]) -> None:
     for task in vit["tasks"]:
         if task not in vit["loss_weights"]:
             raise ParamsError(f"missing key 'vit.loss_weights.{task}'")
+    blocks = vit["adapted_blocks"]
+    if blocks is not None and (not blocks or not all(
+            isinstance(b, list) and len(b) == 2 and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in b)
+            for b in blocks)):
+        raise ParamsError(f"'vit.adapted_blocks' must be null or a non-empty list of [stage, block] index pairs, got {blocks}")
     size = vit["input_size"]
     if len(size) != 2 or any(s <= 0 or s % 32 for s in size):
         raise ParamsError(f"'vit.input_size' must be [H, W], multiples of 32 (the Swin's stride), got {size}")

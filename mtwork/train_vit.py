@@ -67,6 +67,8 @@ def vit_model_config(params: Mapping[str, Any], run: RunSpec) -> Dict[str, Any]:
     if spec["model"] == "vtagml":
         config["kwargs"].update(task_embed_dim=vit["task_embed_dim"], adapter_reduction=vit["adapter_reduction"],
                                 use_taa=spec["use_taa"], use_tsn=spec["use_tsn"])
+        if vit["adapted_blocks"] is not None:
+            config["kwargs"]["adapted_blocks"] = [tuple(b) for b in vit["adapted_blocks"]]
     elif spec["model"] == "multiscale_adapter":
         config["kwargs"].update(adapter_reduction=vit["adapter_reduction"])
     return config

@@ -119,7 +119,8 @@ PARAM_KEYS = {
                "data.dg_domains", "vit.enabled", "vit.tasks", "vit.task_subsets", "vit.paradigms", "vit.seeds"],
     # source 2: everything of the vit block shapes a run but its run lists (those only plan runs)
     "train_vit": [f"vit.{k}" for k in ("source", "epochs", "batch_size", "input_size", "lr", "weight_decay",
-                                       "warmup_epochs", "loss_weights", "task_embed_dim", "adapter_reduction", "troa")]
+                                       "warmup_epochs", "loss_weights", "task_embed_dim", "adapter_reduction", "adapted_blocks",
+                                       "troa")]
     + ["train.device", "train.amp"],
     "evaluate_vit": ["evaluate", "vit.input_size", "train.device", "train.amp", "data.source_domain"],
 }

@@ -105,6 +105,9 @@ def test_vit_block_is_checked():
         load_params(PARAMS, ["vit.input_size=[60, 128]"])
     with pytest.raises(ParamsError, match="vit.paradigms"):
         load_params(PARAMS, ["vit.paradigms=[vtagml, lora]"])
+    with pytest.raises(ParamsError, match="vit.adapted_blocks"):
+        load_params(PARAMS, ["vit.adapted_blocks=[[3]]"])
+    assert load_params(PARAMS, ["vit.adapted_blocks=[[3, 0], [3, 1]]"])["vit"]["adapted_blocks"] == [[3, 0], [3, 1]]
 
 
 def test_vit_paradigms_agree_with_the_plan():
