@@ -15,6 +15,9 @@ rule pretrain:
         args=MTWORK_ARGS,
         settings=rule_params("pretrain"),
     threads: TRAIN_THREADS
+    # every run waits for a pretraining: start them first, so that no chain of runs (e.g. source 2's,
+    # behind the Swin's SimMIM) is left to run alone at the end on an otherwise idle machine
+    priority: 10
     conda:
         CONDA_ENV
     shell:

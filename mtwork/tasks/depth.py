@@ -5,8 +5,10 @@ Batch keys (``mtwork.data.batch``):
     depth:            (B,H,W) float32 z-depth in metres (distance along the optical axis), 0 = invalid
                       (sky, bonnet, padding, unlabeled samples)
     labeled["depth"]: (B,) bool
-Head output: (B,1,H,W) metres at the network input size, non-negative (softplus at the end of the head,
-so the loss, the evaluator and any later use see the same non-negative depth).
+Head output: (B,1,H,W) metres at the network input size, non-negative: ``DEPTH_UNIT * softplus(x)`` at
+the end of the head, so the loss, the evaluator and any later use see the same non-negative depth. The
+conv predicts in units of ``DEPTH_UNIT`` (10 m): road scenes span tens of metres, and a head whose
+output starts near softplus(0) = 0.7 m would spend a short schedule learning the scale alone.
 
 Loss (over the valid pixels, depth > 0, of the labeled samples):
     "berhu" (default; reverse Huber, Laina et al. 2016): with r = pred - gt and c = t * max |r| over
@@ -41,9 +43,14 @@ LOSSES = ("berhu", "l1")
 # --------------------------------------------------------------------------------------------------
 # shared by the dense regression tasks
 # --------------------------------------------------------------------------------------------------
+#: Metres per unit of the depth head's pre-activation output (see the module docstring).
+DEPTH_UNIT = 10.0
+
 #: Output activations of the dense regression heads, by name.
 ACTIVATIONS = {
-    "softplus": F.softplus,  # depth: non-negative, smooth, no dead zone at 0 unlike ReLU
+    "softplus": F.softplus,  # non-negative, smooth, no dead zone at 0 unlike ReLU
+    "depth": lambda x: DEPTH_UNIT * F.softplus(x),  # metres, non-negative, starting at ~7 m
+
     "sigmoid": torch.sigmoid,  # edges: [0, 1] like the label
     "normalize": lambda x: F.normalize(x, dim=1),  # normals: unit vectors along the channel dim
     "identity": lambda x: x,
@@ -226,7 +233,7 @@ class DepthTask(DenseRegressionTask):
 
     name = "depth"
     out_channels = 1
-    activation = "softplus"
+    activation = "depth"
     metrics = (
         Metric("rmse", False, "RMSE (m)"),
         Metric("abs_rel", False, "AbsRel"),
