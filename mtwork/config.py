@@ -79,6 +79,7 @@ SCHEMA: Dict[str, Any] = {
         "device": ("choice", DEVICES),
         "amp": bool,
         "threads": int,
+        "keep_epoch_checkpoints": bool,
     },
     "evaluate": {"batch_size": int},
     "vit": {

@@ -2,7 +2,9 @@
 GPU, a checkpoint per epoch with resume, a progress bar, and a JSON log.
 
 Files written into the run directory (``models/runs/<run>/``):
-    epoch_NNN.pt   full training state after each epoch (the last two are kept; used to resume)
+    epoch_NNN.pt   full training state after each epoch (the last two are kept while training, to resume;
+                   removed once final.pt is written unless train.keep_epoch_checkpoints: with optimizer
+                   state they are ~3x the model, and a default run has ~100 runs)
     adapt.pt       after the adapt stage: only what that stage trained (adapters, neck, heads)
     final.pt       {"run", "model_config", "state_dict", "params_hash"}: the trained model
     log.json       run spec, per-epoch losses/lr/seconds, train time, parameter counts
@@ -24,6 +26,8 @@ from mtwork.plan import RunSpec, parse_run_id
 from mtwork.runtime import autocast, params_hash, resolve_device, seed_everything, set_threads
 
 KEEP_EPOCH_CHECKPOINTS = 2
+# train settings that change how a run executes, not its result (left out of the run's hash)
+EXECUTION_KEYS = ("workers", "threads", "keep_epoch_checkpoints")
 
 
 def model_config(params: Mapping[str, Any], run: RunSpec) -> Dict[str, Any]:
@@ -63,7 +67,7 @@ def run_params_hash(params: Mapping[str, Any], run: RunSpec) -> str:
             "run": run.id,
             "data": params["data"],
             "model": params["model"],
-            "train": {k: v for k, v in params["train"].items() if k not in ("workers", "threads")},
+            "train": {k: v for k, v in params["train"].items() if k not in EXECUTION_KEYS},
             "checkpoint": params["checkpoints"]["catalog"].get(run.source),
         }
     )
@@ -250,4 +254,7 @@ def train_run(
     log["stage_seconds"] = {s: sum(e["seconds"] for e in log["epochs"] if e["stage"] == s) for s, _ in stages}
     save_torch(out_dir / "final.pt", {"run": run.id, "model_config": config, "params_hash": p_hash, "state_dict": model.state_dict()})
     write_json(out_dir / "log.json", log)
+    if not tp["keep_epoch_checkpoints"]:
+        for done in out_dir.glob("epoch_*.pt"):  # the run is complete: nothing left to resume
+            done.unlink()
     return log

@@ -27,6 +27,7 @@ def tiny_params():
             "train.batch_size=4",
             "train.input_size=[64, 96]",
             "train.threads=1",
+            "train.keep_epoch_checkpoints=true",  # the tests look at the state after each epoch
             "evaluate.batch_size=4",
         ],
     )
@@ -124,6 +125,8 @@ def test_lora_and_lv_adapter_runs_train_and_evaluate(paradigm, synthdrive_tiny, 
     )
     run = f"random__{paradigm}__semseg-drivable-det__s0"
     log = train_run(params, run, synthdrive_tiny, pretrained, tmp_path / run)
+    # a finished run keeps final.pt, not the epoch checkpoints (train.keep_epoch_checkpoints false)
+    assert not list((tmp_path / run).glob("epoch_*.pt")) and (tmp_path / run / "adapt.pt").exists() == paradigm.startswith("pretrain_adapt")
     imported = torch.load(pretrained, weights_only=True)["state_dict"]
     final = torch.load(tmp_path / run / "final.pt", weights_only=False)
     if paradigm == "lora":
