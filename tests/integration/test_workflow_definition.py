@@ -234,7 +234,7 @@ def test_paper_scale_dry_run(workflow_dir: Path, tmp_path: Path, wt):
         "scale=paper",
         f"data__bdd100k_root={bdd}",
         f"checkpoints__catalog__moco_v2__path={moco}",
-        f"checkpoints__catalog__clip_rn50__path={clip}",
+        f"checkpoints__catalog__openclip_rn50__path={clip}",
         # the nested-YAML form works as well
         f"checkpoints={{catalog: {{supervised_imagenet: {{path: {r50}}}}}}}",
     )
@@ -251,7 +251,7 @@ def test_paper_scale_dry_run(workflow_dir: Path, tmp_path: Path, wt):
     seeds = yaml.safe_load((workflow_dir / "params.yaml").read_text())["train"]["seeds"]
     assert len(trains) == 2 * len(seeds) * (3 + 4)  # 2 sources x seeds x (3 single-task + 4 multi-task paradigms)
     expected_sets = sorted([
-        f"checkpoints.catalog.clip_rn50.path={clip}",
+        f"checkpoints.catalog.openclip_rn50.path={clip}",
         f"checkpoints.catalog.moco_v2.path={moco}",
         f"checkpoints.catalog.supervised_imagenet.path={r50}",
         f"data.bdd100k_root={bdd}",

@@ -51,10 +51,10 @@ def test_paper_scale_switch_merges_overrides(tmp_path):
             f"data.bdd100k_root={tmp_path}",
             f"checkpoints.catalog.moco_v2.path={weights}",
             f"checkpoints.catalog.supervised_imagenet.path={weights}",
-            f"checkpoints.catalog.clip_rn50.path={weights}",
+            f"checkpoints.catalog.openclip_rn50.path={weights}",
         ],
     )
-    assert p["model"]["backbone"] == "resnet50" and p["model"]["lv"]["clip_source"] == "clip_rn50"
+    assert p["model"]["backbone"] == "resnet50" and p["model"]["lv"]["clip_source"] == "openclip_rn50"
     assert p["data"]["dataset"] == "bdd100k"
     assert p["train"]["device"] == "cuda"
     assert p["checkpoints"]["sources"] == ["supervised_imagenet", "moco_v2"]

@@ -13,7 +13,8 @@ def test_plan_has_single_task_and_multitask_runs_per_source():
     p = load_params(PARAMS)
     runs = plan_runs(p)
     n_sources, n_tasks = len(p["checkpoints"]["sources"]), len(p["train"]["tasks"])
-    assert len(runs) == n_sources * (n_tasks + 2) * len(p["train"]["seeds"])
+    n_multitask = len([q for q in p["train"]["paradigms"] if q != "single_task"])
+    assert len(runs) == n_sources * (n_tasks + n_multitask) * len(p["train"]["seeds"])
     assert len({r.id for r in runs}) == len(runs)
     for run in runs:
         assert parse_run_id(run.id) == run
