@@ -135,11 +135,12 @@ def cmd_download_checkpoint(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mtwork.plan import parse_run_id
-    from mtwork.train_vit import is_vit_run, train_vit_run
+    from mtwork.plan import is_vit_run, parse_run_id
 
     params = _params(args)
     if is_vit_run(params, parse_run_id(args.run)):  # source 2: a Swin-V2 source
+        from mtwork.train_vit import train_vit_run
+
         train_vit_run(params, args.run, data_root=args.data, checkpoint=args.checkpoint, out_dir=args.out)
         return 0
     from mtwork.train import train_run
@@ -149,11 +150,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from mtwork.plan import parse_run_id
-    from mtwork.train_vit import evaluate_vit_run, is_vit_run
+    from mtwork.plan import is_vit_run, parse_run_id
 
     params = _params(args)
     if is_vit_run(params, parse_run_id(Path(args.run_dir).name)):
+        from mtwork.train_vit import evaluate_vit_run
+
         if args.protocol != "mtl":
             raise ValueError(f"source 2's runs are evaluated with protocol mtl only, not '{args.protocol}'")
         evaluate_vit_run(params, args.run_dir, data_root=args.data, out=args.out)

@@ -35,6 +35,16 @@ def _list_of(kind, choices=None):
     return ("list", kind, choices)
 
 
+# The optimisation settings that source 1's `train` and source 2's `vit` blocks both have.
+_SCHEDULE: Dict[str, Any] = {
+    "batch_size": int,
+    "input_size": _list_of(int),
+    "lr": _num,
+    "weight_decay": _num,
+    "warmup_epochs": _num,
+    "loss_weights": ("mapping", _num),
+}
+
 # Leaf spec: a type or tuple of types, or ("list", item_type, choices), or ("choice", values).
 SCHEMA: Dict[str, Any] = {
     "scale": ("choice", SCALES),
@@ -69,12 +79,7 @@ SCHEMA: Dict[str, Any] = {
         "seeds": _list_of(int),
         "epochs": int,
         "adapt_epochs": int,
-        "batch_size": int,
-        "input_size": _list_of(int),
-        "lr": _num,
-        "weight_decay": _num,
-        "warmup_epochs": _num,
-        "loss_weights": ("mapping", _num),
+        **_SCHEDULE,
         "workers": int,
         "device": ("choice", DEVICES),
         "amp": bool,
@@ -90,12 +95,7 @@ SCHEMA: Dict[str, Any] = {
         "paradigms": _list_of(str, VIT_PARADIGMS),
         "seeds": _list_of(int),
         "epochs": int,
-        "batch_size": int,
-        "input_size": _list_of(int),
-        "lr": _num,
-        "weight_decay": _num,
-        "warmup_epochs": _num,
-        "loss_weights": ("mapping", _num),
+        **_SCHEDULE,
         "task_embed_dim": int,
         "adapter_reduction": int,
         "adapted_blocks": (list, type(None)),

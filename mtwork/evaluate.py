@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Dict, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Sequence, Tuple
 
 import torch
 from torch.utils.data import DataLoader
@@ -92,7 +92,7 @@ def evaluate_run(
 
 def _evaluate_on(params, run_dir: Path, model, ckpt, device, protocol: str, domain: str,
                  data_root: str | Path, out: str | Path) -> Dict[str, Any]:
-    from mtwork.data.batch import batch_to_device, collate
+    from mtwork.data.batch import collate
     from mtwork.data.bdd100k import BDD100KDataset
     from mtwork.data.transforms import EvalTransform
     from mtwork.tasks import TASKS
@@ -103,19 +103,9 @@ def _evaluate_on(params, run_dir: Path, model, ckpt, device, protocol: str, doma
     if len(dataset) == 0:
         raise ValueError(f"{data_root}: the val split has no images labeled for {', '.join(tasks)}")
     loader = DataLoader(dataset, batch_size=params["evaluate"]["batch_size"], shuffle=False, collate_fn=collate)
-    evaluators = {t: task.evaluator() for t, task in tasks.items()}
-    for evaluator in evaluators.values():
-        evaluator.reset()
     t0 = time.perf_counter()
-    with torch.no_grad():
-        for batch in tqdm(loader, desc=f"evaluate {run_dir.name} on {domain}", leave=False, dynamic_ncols=True):
-            batch = batch_to_device(batch, device)
-            with autocast(device, bool(params["train"]["amp"])):
-                outputs = model(batch["image"])
-            for t, evaluator in evaluators.items():
-                if bool(batch["labeled"][t].any()):
-                    evaluator.process(_float(outputs[t]), batch)
-    metrics = {t: ev.evaluate() for t, ev in evaluators.items()}
+    metrics = run_evaluators(tasks, loader, model, device, bool(params["train"]["amp"]),
+                             desc=f"evaluate {run_dir.name} on {domain}")
     log_path = run_dir / "log.json"
     log = _read_json(log_path) if log_path.is_file() else {}
     record = {
@@ -143,6 +133,27 @@ def _evaluate_on(params, run_dir: Path, model, ckpt, device, protocol: str, doma
     summary = "; ".join(f"{t}: " + ", ".join(f"{k} {v:.2f}" for k, v in m.items() if isinstance(v, float) and "/" not in k) for t, m in metrics.items())
     print(f"[mtwork evaluate] {ckpt['run']} ({protocol}, {domain}): {summary}", flush=True)
     return record
+
+
+def run_evaluators(tasks: Mapping[str, Any], loader: DataLoader, forward: Callable[[torch.Tensor], Mapping[str, Any]],
+                   device: torch.device, amp: bool, desc: str) -> Dict[str, Dict[str, float]]:
+    """Every task's evaluator over ``loader``: ``forward(image (B,3,H,W)) -> {task: outputs}``, run without
+    gradients (bf16 autocast on GPU when ``amp``); each evaluator sees its task's outputs in float32 for
+    the batches holding a sample labeled for it. Returns {task: {metric: value}}."""
+    from mtwork.data.batch import batch_to_device
+
+    evaluators = {t: task.evaluator() for t, task in tasks.items()}
+    for evaluator in evaluators.values():
+        evaluator.reset()
+    with torch.no_grad():
+        for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+            batch = batch_to_device(batch, device)
+            with autocast(device, amp):
+                outputs = forward(batch["image"])
+            for t, evaluator in evaluators.items():
+                if bool(batch["labeled"][t].any()):
+                    evaluator.process(_float(outputs[t]), batch)
+    return {t: ev.evaluate() for t, ev in evaluators.items()}
 
 
 def _float(outputs: Any) -> Any:

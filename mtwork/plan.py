@@ -150,6 +150,11 @@ def source_arch(params: Mapping[str, Any], source: str) -> str:
     return params["checkpoints"]["catalog"][source].get("arch") or params["model"]["backbone"]
 
 
+def is_vit_run(params: Mapping[str, Any], run: RunSpec) -> bool:
+    """A run of source 2 (``mtwork.train_vit``): its checkpoint source is a Swin-V2 (arch ``swin:<name>``)."""
+    return source_arch(params, run.source).startswith("swin:")
+
+
 def lv_text_checkpoint(params: Mapping[str, Any]) -> Path:
     """The open_clip file whose frozen text tower the LV-Adapter uses (model.lv.clip_source)."""
     path = upstream_checkpoint_path(params, params["model"]["lv"]["clip_source"])

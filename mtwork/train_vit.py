@@ -28,14 +28,10 @@ from mtwork import __version__
 from mtwork.io import sha256_file, write_json
 from mtwork.plan import VIT_PARADIGMS, RunSpec, parse_run_id, source_arch
 from mtwork.runtime import autocast, params_hash, resolve_device, seed_everything, set_threads
+from mtwork.train import lr_factor
 
 # Decoder depth per stage (the paper: 2 Swin blocks per decoder stage).
 DECODER_DEPTH = 2
-
-
-def is_vit_run(params: Mapping[str, Any], run: RunSpec) -> bool:
-    """A run of source 2: its checkpoint source is a Swin-V2 (arch ``swin:<name>``)."""
-    return source_arch(params, run.source).startswith("swin:")
 
 
 def task_out_channels(task: Any) -> int:
@@ -137,8 +133,6 @@ def train_vit_run(params: Mapping[str, Any], run_id: str, data_root: str | Path,
     dataset = _dataset(params, data_root, "train", run.tasks, train=True)
     loader = DataLoader(dataset, batch_size=vit["batch_size"], shuffle=True, drop_last=len(dataset) > vit["batch_size"],
                         num_workers=tp["workers"], collate_fn=collate, generator=generator)
-    from mtwork.train import lr_factor
-
     steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * vit["epochs"]
     warmup_steps = int(round(vit["warmup_epochs"] * steps_per_epoch))
@@ -225,7 +219,8 @@ def evaluate_vit_run(params: Mapping[str, Any], run_dir: str | Path, data_root: 
     """Evaluate a trained source-2 run on the val split; writes and returns the metrics record."""
     import json
 
-    from mtwork.data.batch import batch_to_device, collate
+    from mtwork.data.batch import collate
+    from mtwork.evaluate import run_evaluators
     from mtwork.tasks import TASKS
 
     run_dir = Path(run_dir)
@@ -243,19 +238,13 @@ def evaluate_vit_run(params: Mapping[str, Any], run_dir: str | Path, data_root: 
     tasks = {t: TASKS.create(t) for t in log["tasks"]}
     dataset = _dataset(params, data_root, "val", log["tasks"], train=False)
     loader = DataLoader(dataset, batch_size=params["evaluate"]["batch_size"], shuffle=False, collate_fn=collate)
-    evaluators = {t: task.evaluator() for t, task in tasks.items()}
-    for ev in evaluators.values():
-        ev.reset()
+    affinity = torch.tensor(log["balancer_state"]["affinity"], device=device)  # TROA's, as trained
+
+    def forward(image: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return {t: activate(tasks[t], raw.float()) for t, raw in model(image, affinity).items()}
+
     t0 = time.perf_counter()
-    with torch.no_grad():
-        for batch in tqdm(loader, desc=f"evaluate {run_dir.name}", leave=False, dynamic_ncols=True):
-            batch = batch_to_device(batch, device)
-            with autocast(device, bool(tp["amp"])):
-                outputs = model(batch["image"], torch.tensor(log["balancer_state"]["affinity"], device=device))
-            for t, ev in evaluators.items():
-                if bool(batch["labeled"][t].any()):
-                    ev.process(activate(tasks[t], outputs[t].float()), batch)
-    metrics = {t: ev.evaluate() for t, ev in evaluators.items()}
+    metrics = run_evaluators(tasks, loader, forward, device, bool(tp["amp"]), desc=f"evaluate {run_dir.name}")
     record = {
         "run": log["run"], "protocol": "mtl", "domain": params["data"]["source_domain"], "source": log["source"],
         "paradigm": log["paradigm"], "method": log["method"], "tasks": log["tasks"], "seed": log["seed"],

@@ -30,7 +30,8 @@ DELTA_M_DEFINITION = (
 )
 
 
-def _fmt(stat: Optional[Stat], digits: int = 1) -> str:
+def format_stat(stat: Optional[Stat], digits: int = 1) -> str:
+    """'mean' or 'mean ± std' (std over seeds) at ``digits`` decimals; '–' when there is no value."""
     if stat is None or not stat.values:
         return "–"
     text = f"{stat.mean:.{digits}f}"
@@ -79,9 +80,9 @@ def table_cells(rows: Sequence[Row]) -> Tuple[List[str], List[List[Tuple[str, st
     for i, row in enumerate(rows):
         cells = [(row.source, ""), (PARADIGM_LABEL[row.paradigm], "")]
         for (get, _, digits), column_marks in zip(columns, marks):
-            cells.append((_fmt(get(row), digits), column_marks.get(i, "")))
+            cells.append((format_stat(get(row), digits), column_marks.get(i, "")))
         cells.append((_params_text(row), ""))
-        cells.append((_fmt(row.train_seconds, 0), ""))
+        cells.append((format_stat(row.train_seconds, 0), ""))
         body.append(cells)
     return headers, body
 

@@ -29,7 +29,7 @@ from mtwork.evaluate import PRIMARY_METRIC, delta_m
 from mtwork.io import atomic_path, write_text
 from mtwork.plan import VIT_PARADIGMS
 from mtwork.report.records import Stat
-from mtwork.report.tables import render_latex, render_markdown
+from mtwork.report.tables import format_stat, render_latex, render_markdown
 
 #: Source 2's tasks in table order, with the initials used for task-set labels.
 VIT_TASKS: Sequence[str] = ("semseg", "depth", "normals", "edges")
@@ -244,15 +244,6 @@ def build_vit_rows(records: Sequence[Mapping[str, Any]]) -> List[VitRow]:
 # ---- rendering ----------------------------------------------------------------------------------
 
 
-def _fmt(stat: Optional[Stat], digits: int) -> str:
-    if stat is None or not stat.values:
-        return "–"
-    text = f"{stat.mean:.{digits}f}"
-    if stat.std is not None:
-        text += f" ± {stat.std:.{digits}f}"
-    return text
-
-
 def _rank(values: Sequence[Optional[float]], higher: bool, digits: int) -> List[str]:
     """'best' / 'second' / '' per value; compared at the displayed precision, ties share a rank."""
     shown = [None if v is None else round(v, digits) for v in values]
@@ -303,7 +294,7 @@ def mtl_cells(rows: Sequence[VitRow]) -> Tuple[List[str], List[List[Tuple[str, s
     for i, row in enumerate(rows):
         cells = [(task_set_label(row.task_set), ""), (row.label, "")]
         for (get, _, digits, _), column_marks in zip(columns, marks):
-            cells.append((_fmt(get(row), digits), column_marks[i]))
+            cells.append((format_stat(get(row), digits), column_marks[i]))
         cells.append((_params_text(row.trainable_params), ""))
         body.append(cells)
     return headers, body
@@ -375,7 +366,7 @@ def params_cells(rows: Sequence[VitRow]) -> Tuple[List[str], List[List[Tuple[str
         body.append([
             (task_set_label(row.task_set), ""), (row.label, ""),
             (_params_text(row.total_params), ""), (_params_text(row.trainable_params), trainable[i]),
-            (_fmt(row.seconds_per_epoch, 1), seconds[i]), (_fmt(size, 2), sizes[i]),
+            (format_stat(row.seconds_per_epoch, 1), seconds[i]), (format_stat(size, 2), sizes[i]),
         ])
     return PARAMS_HEADERS, body
 
