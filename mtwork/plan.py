@@ -95,6 +95,14 @@ def plan_runs(params: Mapping[str, Any]) -> List[RunSpec]:
     return runs
 
 
+def source_runs(params: Mapping[str, Any], source: str) -> List[RunSpec]:
+    """The source-1 runs of one checkpoint source (the workflow evaluates them in one job)."""
+    runs = [run for run in plan_runs(params) if run.source == source]
+    if not runs:
+        raise ValueError(f"checkpoint source '{source}' is not in checkpoints.sources")
+    return runs
+
+
 def plan_vit_runs(params: Mapping[str, Any]) -> List[RunSpec]:
     """Source 2's runs (``vit`` block): single-task baselines of every vit task, each vit paradigm on all
     vit tasks, and VTAGML on each smaller task subset (the S-D and S-D-N tables)."""
@@ -194,11 +202,16 @@ def vit_run_dir(run_id: str) -> Path:
     return MODELS_DIR / "vit" / run_id
 
 
-def vit_metrics_path(run_id: str) -> Path:
-    return RESULTS_DIR / "metrics" / "vit" / f"{run_id}.json"
+METRICS_DIR = RESULTS_DIR / "metrics"
 
 
-def metrics_path(run_id: str, protocol: str = PROTOCOL_MTL, domain: str | None = None) -> Path:
+def vit_metrics_path(run_id: str, root: Path = METRICS_DIR) -> Path:
+    return Path(root) / "vit" / f"{run_id}.json"
+
+
+def metrics_path(run_id: str, protocol: str = PROTOCOL_MTL, domain: str | None = None, root: Path = METRICS_DIR) -> Path:
+    """A source-1 run's metrics JSON under ``root`` (results/metrics): ``<run>.json`` for the source
+    domain, ``<protocol>/<domain>/<run>.json`` otherwise (e.g. dg/dusk_fog/)."""
     if protocol == PROTOCOL_MTL:
-        return RESULTS_DIR / "metrics" / f"{run_id}.json"
-    return RESULTS_DIR / "metrics" / protocol / (domain or "") / f"{run_id}.json"
+        return Path(root) / f"{run_id}.json"
+    return Path(root) / protocol / (domain or "") / f"{run_id}.json"

@@ -145,6 +145,8 @@ def rule_params(rule_name):
 # ---- plan, paths, resources -----------------------------------------------------------------------
 
 RUNS = plan.plan_runs(P)
+# a source-1 run id without its source: "__PARADIGM__TASKS__sSEED", the same list for every source
+RUN_SHAPES = list(dict.fromkeys(run.id[len(run.source):] for run in RUNS))
 VIT_RUNS = plan.plan_vit_runs(P)
 SOURCE_DOMAIN = P["data"]["source_domain"]
 DG_DOMAINS = list(P["data"]["dg_domains"])
@@ -174,8 +176,13 @@ def run_file(run_id, name):
 
 def lv_text_input(wildcards):
     """LV-Adapter runs read the frozen CLIP text tower from model.lv.clip_source's open_clip file
-    (the embedded tiny CLIP, or the user's file: ancient, only its presence matters)."""
-    if plan.parse_run_id(wildcards.run).method != "lv_adapter":
+    (the embedded tiny CLIP, or the user's file: ancient, only its presence matters). For a job of
+    one run (wildcard run) or of all runs of a checkpoint source (wildcard source)."""
+    if "run" in wildcards.keys():
+        runs = [plan.parse_run_id(wildcards.run)]
+    else:
+        runs = plan.source_runs(P, wildcards.source)
+    if all(run.method != "lv_adapter" for run in runs):
         return []
     clip_source = P["model"]["lv"]["clip_source"]
     path = str(plan.lv_text_checkpoint(P))
@@ -196,11 +203,10 @@ def train_checkpoint(wildcards):
     return str(plan.pretrained_path(plan.parse_run_id(wildcards.run).source))
 
 
-def dg_args(wildcards, input, output):
-    """`--dg-domain D --dg-data ROOT --dg-out FILE` per domain of data.dg_domains (same order as DG_DOMAINS)."""
+def dg_args(wildcards, input):
+    """`--dg-domain D --dg-data ROOT` per domain of data.dg_domains (same order as DG_DOMAINS)."""
     return " ".join(
-        f"--dg-domain {shlex.quote(domain)} --dg-data {shlex.quote(str(root))} --dg-out {shlex.quote(str(out))}"
-        for domain, root, out in zip(DG_DOMAINS, input.dg_data, output.dg)
+        f"--dg-domain {shlex.quote(domain)} --dg-data {shlex.quote(str(root))}" for domain, root in zip(DG_DOMAINS, input.dg_data)
     )
 
 

@@ -27,25 +27,29 @@ rule train_vit:
         " --out {params.out_dir:q} > {log:q} 2>&1"
 
 
-rule evaluate_vit:
-    input:
-        final=str(plan.vit_run_dir("{run}") / RUN_FINAL),
-        checkpoint=train_checkpoint,
-        data=dataset_input(SOURCE_DOMAIN),
-        check=str(plan.data_check_path(SOURCE_DOMAIN)),
-    output:
-        str(plan.vit_metrics_path("{run}")),
-    log:
-        "logs/evaluate_vit/{run}.log",
-    params:
-        args=MTWORK_ARGS,
-        settings=rule_params("evaluate_vit"),
-        run_dir=lambda wildcards: str(plan.vit_run_dir(wildcards.run)),
-    threads: TRAIN_THREADS
-    resources:
-        gpu=GPUS,
-    conda:
-        CONDA_ENV
-    shell:
-        "mtwork evaluate {params.args} --run-dir {params.run_dir:q} --data {input.data:q} --out {output:q}"
-        " --protocol mtl > {log:q} 2>&1"
+# One job evaluates all of source 2's runs (one process: the start-up is paid once, see evaluate.smk).
+if VIT_RUNS:
+
+    rule evaluate_vit:
+        input:
+            finals=[str(plan.vit_run_dir(run.id) / RUN_FINAL) for run in VIT_RUNS],
+            checkpoint=str(plan.pretrained_path(P["vit"]["source"])),
+            data=dataset_input(SOURCE_DOMAIN),
+            check=str(plan.data_check_path(SOURCE_DOMAIN)),
+        output:
+            [str(plan.vit_metrics_path(run.id)) for run in VIT_RUNS],
+        log:
+            "logs/evaluate_vit.log",
+        params:
+            args=MTWORK_ARGS,
+            settings=rule_params("evaluate_vit"),
+            run_dirs=" ".join(f"--run-dir {shlex.quote(str(plan.vit_run_dir(run.id)))}" for run in VIT_RUNS),
+            metrics_dir=lambda wildcards, output: str(Path(output[0]).parent.parent),  # results/metrics
+        threads: TRAIN_THREADS
+        resources:
+            gpu=GPUS,
+        conda:
+            CONDA_ENV
+        shell:
+            "mtwork evaluate {params.args} {params.run_dirs} --data {input.data:q} --metrics-dir {params.metrics_dir:q}"
+            " --protocol mtl > {log:q} 2>&1"

@@ -172,13 +172,30 @@ elif verb == "train":
     for name in ("final.pt", "log.json", "epoch_000.pt"):
         write(out / name)
 elif verb == "evaluate":
-    need(Path(opt("--run-dir")) / "final.pt"), need(opt("--data"))
-    write(opt("--out"))
-    for i, word in enumerate(argv):  # one (--dg-data, --dg-out) pair per DG domain
+    need(opt("--data"))
+    run_dirs = [Path(argv[i + 1]) for i, a in enumerate(argv) if a == "--run-dir"]
+    dg_domains = [argv[i + 1] for i, a in enumerate(argv) if a == "--dg-domain"]
+    for i, word in enumerate(argv):
         if word == "--dg-data":
             need(argv[i + 1])
-        elif word == "--dg-out":
-            write(argv[i + 1])
+    for run_dir in run_dirs:
+        need(run_dir / "final.pt")
+    if opt("--out"):  # one run: the files are named
+        write(opt("--out"))
+        for i, word in enumerate(argv):
+            if word == "--dg-out":
+                write(argv[i + 1])
+    else:  # any number of runs: the files go where mtwork.plan puts them under --metrics-dir
+        from mtwork.plan import metrics_path, vit_metrics_path
+
+        root = Path(opt("--metrics-dir"))
+        for run_dir in run_dirs:
+            if run_dir.parent.name == "vit":
+                write(vit_metrics_path(run_dir.name, root))
+                continue
+            write(metrics_path(run_dir.name, "mtl", None, root))
+            for domain in dg_domains:
+                write(metrics_path(run_dir.name, "dg", domain, root))
 elif verb == "tables":
     need(opt("--metrics"))
     for name in ("mtl.md", "mtl.tex", "mtl.csv"):

@@ -50,8 +50,25 @@ def _argv(cmd: str) -> Tuple[str, ...]:
     return tuple(words)
 
 
+def per_run(rule: str, argv: Tuple[str, ...], outputs: FrozenSet[str]) -> List[Key]:
+    """An `mtwork evaluate` of several runs (Snakemake: one job per checkpoint source) as the commands
+    of one --run-dir each that dvc.yaml spells, each with the metrics files named after its run."""
+    where = [i for i, word in enumerate(argv) if word == "--run-dir"]
+    if argv[:2] != ("mtwork", "evaluate") or len(where) < 2:
+        return [(rule, argv, outputs)]
+    rest = [w for i, w in enumerate(argv) if i not in where and i - 1 not in where]
+    keys = []
+    for i in where:
+        run = Path(argv[i + 1]).name
+        mine = frozenset(o for o in outputs if Path(o).stem == run)
+        assert mine, f"no output of {run} among {sorted(outputs)}"
+        keys.append((rule, tuple(rest[: where[0]] + ["--run-dir", argv[i + 1]] + rest[where[0]:]), mine))
+    assert frozenset().union(*(k[2] for k in keys)) == outputs, "outputs that belong to no run"
+    return keys
+
+
 def snakemake_plan(jobs: List["Job"]) -> Set[Key]:
-    return {(j.rule, _argv(j.cmd), frozenset(j.outputs)) for j in jobs if j.rule != "all"}
+    return {key for j in jobs if j.rule != "all" for key in per_run(j.rule, _argv(j.cmd), frozenset(j.outputs))}
 
 
 def dvc_stages(repo_dir: Path):
@@ -139,17 +156,18 @@ def test_snakemake_and_dvc_plan_the_same_jobs(workflow_dir: Path, variant: str, 
         len(params["train"]["tasks"]) + len(params["train"]["paradigms"]) - 1
     )
     rules = [j.rule for j in jobs]
-    assert rules.count("train") == rules.count("evaluate") == n_runs
+    n_sources = len(params["checkpoints"]["sources"])
+    assert rules.count("train") == n_runs and rules.count("evaluate") == n_sources
     evaluate = [j for j in jobs if j.rule == "evaluate"]
-    # one job per run evaluates the source domain and every DG domain (the model loaded once)
-    assert all(len(j.outputs) == 1 + len(params["data"]["dg_domains"]) for j in evaluate)
+    # one job per source evaluates each of its runs on the source domain and every DG domain
+    assert all(len(j.outputs) == (n_runs // n_sources) * (1 + len(params["data"]["dg_domains"])) for j in evaluate)
     assert rules.count("generate_synthdrive") == 1 + len(params["data"]["dg_domains"])
     from mtwork.config import resolve
     from mtwork.plan import embedded_pretrain_sources, plan_vit_runs
 
     resolved = resolve(params)
     assert rules.count("pretrain") == len(embedded_pretrain_sources(resolved)) and rules.count("tables") == 1
-    assert rules.count("train_vit") == rules.count("evaluate_vit") == len(plan_vit_runs(resolved)) > 0
+    assert rules.count("train_vit") == len(plan_vit_runs(resolved)) > 0 and rules.count("evaluate_vit") == 1
 
 
 def _snakemake_param_keys(wf: Path, monkeypatch) -> Dict[str, List[str]]:
@@ -240,7 +258,9 @@ def test_paper_scale_dry_run(workflow_dir: Path, tmp_path: Path, wt):
     )
     rules = [j.rule for j in jobs]
     assert "generate_synthdrive" not in rules and "pretrain" not in rules and "train_vit" not in rules
-    assert all(len(j.outputs) == 1 for j in jobs if j.rule == "evaluate")  # no DG domain at paper scale
+    # no DG domain at paper scale: one metrics file per run, 7 runs per source and seed
+    seeds = yaml.safe_load((workflow_dir / "params.yaml").read_text())["train"]["seeds"]
+    assert all(len(j.outputs) == 7 * len(seeds) for j in jobs if j.rule == "evaluate")
     imports = {j.outputs[0]: j for j in jobs if j.rule == "import_checkpoint"}
     assert set(imports) == {"models/pretrained/supervised_imagenet.pt", "models/pretrained/moco_v2.pt"}
     assert imports["models/pretrained/moco_v2.pt"].inputs == [str(moco)]
@@ -248,7 +268,6 @@ def test_paper_scale_dry_run(workflow_dir: Path, tmp_path: Path, wt):
     (check,) = [j for j in jobs if j.rule == "check_data"]
     assert _argv(check.cmd) == ("mtwork", "data", "check", "--format", "bdd100k", str(bdd), "--json", "data/checks/bdd100k.json")
     trains = [j for j in jobs if j.rule == "train"]
-    seeds = yaml.safe_load((workflow_dir / "params.yaml").read_text())["train"]["seeds"]
     assert len(trains) == 2 * len(seeds) * (3 + 4)  # 2 sources x seeds x (3 single-task + 4 multi-task paradigms)
     expected_sets = sorted([
         f"checkpoints.catalog.openclip_rn50.path={clip}",
@@ -263,7 +282,7 @@ def test_paper_scale_dry_run(workflow_dir: Path, tmp_path: Path, wt):
         assert sorted(_sets(argv)) == expected_sets, argv
         assert argv[argv.index("--data") + 1] == str(bdd)
     assert {j.rule for j in jobs if j.resources.get("gpu") == "1"} == {"train", "evaluate"}
-    assert rules.count("evaluate") == len(trains) and rules.count("tables") == 1
+    assert rules.count("evaluate") == 2 and rules.count("tables") == 1  # one evaluation job per source
 
 
 def test_embedded_scale_asks_for_no_gpu(workflow_dir: Path, wt):
