@@ -141,3 +141,31 @@ def test_lora_and_lv_adapter_runs_train_and_evaluate(paradigm, synthdrive_tiny, 
         assert final["model_config"]["text_encoder_checkpoint"] == str(clip_file)
     record = evaluate_run(params, tmp_path / run, synthdrive_tiny, tmp_path / "m.json")
     assert set(record["metrics"]) == {"semseg", "drivable", "det"}
+
+
+def test_cli_evaluates_several_runs_where_the_plan_puts_their_metrics(trained, synthdrive_tiny, tmp_path, capsys):
+    """`mtwork evaluate --metrics-dir` (the workflow's form: one job per checkpoint source) writes each
+    run's source-domain and DG metrics at mtwork.plan's paths, identical to the one-run form."""
+    from mtwork.cli import main
+    from mtwork.plan import metrics_path
+
+    out, _ = trained
+    twin = tmp_path / "runs" / RUN.replace("__s0", "__s1")  # a second run: the same weights, another id
+    shutil.copytree(out, twin)
+    sets = ["--set", "train.input_size=[64, 96]", "--set", "evaluate.batch_size=4", "--set", "train.threads=1"]
+    common = ["--params", str(PARAMS), *sets, "--data", str(synthdrive_tiny), "--protocol", "mtl",
+              "--dg-domain", "same_images", "--dg-data", str(synthdrive_tiny)]
+    assert main(["evaluate", "--run-dir", str(out), "--run-dir", str(twin), "--metrics-dir", str(tmp_path / "m"), *common]) == 0
+    assert main(["evaluate", "--run-dir", str(out), "--out", str(tmp_path / "one.json"),
+                 "--dg-out", str(tmp_path / "one_dg.json"), *common]) == 0
+    for run in (RUN, twin.name):
+        mtl = json.loads(metrics_path(run, "mtl", None, tmp_path / "m").read_text())
+        dg = json.loads(metrics_path(run, "dg", "same_images", tmp_path / "m").read_text())
+        assert (mtl["protocol"], dg["protocol"], dg["domain"]) == ("mtl", "dg", "same_images")
+        assert mtl["metrics"] == dg["metrics"] == json.loads((tmp_path / "one.json").read_text())["metrics"]
+    # the two forms do not mix, and --out names one run
+    for bad in (["--run-dir", str(out), "--run-dir", str(twin), "--out", str(tmp_path / "x.json")],
+                ["--run-dir", str(out), "--metrics-dir", str(tmp_path / "m"), "--dg-out", str(tmp_path / "x.json")],
+                ["--run-dir", str(out)]):
+        assert main(["evaluate", *bad, *common]) == 2
+        assert "mtwork evaluate: error:" in capsys.readouterr().err
