@@ -138,3 +138,12 @@ def test_registered_tasks(name, num_classes):
     expected = bdd100k.SEMSEG_CLASSES if name == "semseg" else bdd100k.DRIVABLE_CLASSES
     assert task.num_classes == num_classes and task.class_names == list(expected)
     assert task.primary_metric == "miou" and task.metric("miou").higher_is_better
+
+
+def test_max_indices_pick_the_first_maximum_like_argmax():
+    """The evaluator's `max(dim=1).indices` (fast path on CPU) is argmax, ties included."""
+    torch.manual_seed(0)
+    logits = torch.randn(1, 19, 37, 53)
+    logits[0, 4:9, :5, :5] = 3.0  # a five-way tie: the first maximum (class 4) wins in both
+    assert torch.equal(logits.max(dim=1).indices, logits.argmax(dim=1))
+    assert bool((logits.max(dim=1).indices[0, :5, :5] == 4).all())
