@@ -150,44 +150,29 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """One run with --out (and --dg-out per DG domain), or any number of runs with --metrics-dir, each
-    written where mtwork.plan puts it. Several runs in one process pay the start-up (importing torch,
-    timm, torchvision: seconds on a small CPU) once: the workflow evaluates a whole source per job."""
+    """Evaluate one or more runs, writing each run's metrics where mtwork.plan puts them under
+    --metrics-dir. Several runs in one process pay the start-up (importing torch, timm, torchvision:
+    seconds on a small CPU) once: the workflow evaluates a whole checkpoint source per job."""
     from mtwork.plan import is_vit_run, metrics_path, parse_run_id, vit_metrics_path
 
     params = _params(args)
-    if not (len(args.dg_domain) == len(args.dg_data)):
+    if len(args.dg_domain) != len(args.dg_data):
         raise ValueError("give --dg-domain and --dg-data once per domain-generalization domain "
                          f"(got {len(args.dg_domain)} and {len(args.dg_data)})")
-    if (args.out is None) == (args.metrics_dir is None):
-        raise ValueError("give either --out (one --run-dir) or --metrics-dir (one or more --run-dir)")
-    if args.out is not None:
-        if len(args.run_dir) != 1:
-            raise ValueError(f"--out names one metrics file, but {len(args.run_dir)} --run-dir were given: use --metrics-dir")
-        if len(args.dg_out) != len(args.dg_domain):
-            raise ValueError(f"with --out give --dg-out once per --dg-domain (got {len(args.dg_out)} and {len(args.dg_domain)})")
-    elif args.dg_out:
-        raise ValueError("--dg-out goes with --out; with --metrics-dir the DG metrics go to <metrics-dir>/dg/<domain>/")
     for i, run_dir in enumerate(args.run_dir, 1):
         run_id = Path(run_dir).name
-        if len(args.run_dir) > 1:
-            print(f"[mtwork evaluate] run {i}/{len(args.run_dir)}: {run_id}", flush=True)
+        print(f"[mtwork evaluate] run {i}/{len(args.run_dir)}: {run_id}", flush=True)
         if is_vit_run(params, parse_run_id(run_id)):
             from mtwork.train_vit import evaluate_vit_run
 
             if args.protocol != "mtl":
                 raise ValueError(f"source 2's runs are evaluated with protocol mtl only, not '{args.protocol}'")
-            out = args.out if args.out is not None else vit_metrics_path(run_id, args.metrics_dir)
-            evaluate_vit_run(params, run_dir, data_root=args.data, out=out)
+            evaluate_vit_run(params, run_dir, data_root=args.data, out=vit_metrics_path(run_id, args.metrics_dir))
             continue
         from mtwork.evaluate import evaluate_run
 
-        if args.out is not None:
-            out, dg_outs = args.out, args.dg_out
-        else:
-            out = metrics_path(run_id, args.protocol, args.domain, args.metrics_dir)
-            dg_outs = [metrics_path(run_id, "dg", d, args.metrics_dir) for d in args.dg_domain]
-        dg = list(zip(args.dg_domain, args.dg_data, dg_outs))
+        dg = [(d, root, metrics_path(run_id, "dg", d, args.metrics_dir)) for d, root in zip(args.dg_domain, args.dg_data)]
+        out = metrics_path(run_id, args.protocol, args.domain, args.metrics_dir)
         evaluate_run(params, run_dir, data_root=args.data, out=out, protocol=args.protocol, domain=args.domain, dg=dg)
     return 0
 
@@ -271,17 +256,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="evaluate trained runs on a domain's val split")
     _add_params(p)
-    p.add_argument("--run-dir", required=True, type=Path, action="append", help="a run's folder; repeat (with --metrics-dir)")
+    p.add_argument("--run-dir", required=True, type=Path, action="append", help="a run's folder; repeat for several runs")
     p.add_argument("--data", required=True, type=Path)
-    p.add_argument("--out", default=None, type=Path, help="the metrics JSON of the one --run-dir")
-    p.add_argument("--metrics-dir", default=None, type=Path,
-                   help="write each run's metrics where the workflow expects them under this folder "
-                        "(<run>.json, dg/<domain>/<run>.json, vit/<run>.json), e.g. results/metrics")
+    p.add_argument("--metrics-dir", default=Path("results/metrics"), type=Path,
+                   help="each run's metrics go to <run>.json, <protocol>/<domain>/<run>.json (e.g. dg/dusk_fog/) "
+                        "or vit/<run>.json under this folder (default: results/metrics)")
     p.add_argument("--protocol", default="mtl", choices=["mtl", "dg"])
     p.add_argument("--domain", default=None)
     p.add_argument("--dg-domain", action="append", default=[], help="also evaluate on this domain (protocol dg); repeat")
     p.add_argument("--dg-data", action="append", default=[], type=Path, help="that domain's data root, in --dg-domain order")
-    p.add_argument("--dg-out", action="append", default=[], type=Path, help="its metrics JSON, in --dg-domain order (with --out)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("tables", help="render paper-style tables and figures")

@@ -180,22 +180,16 @@ elif verb == "evaluate":
             need(argv[i + 1])
     for run_dir in run_dirs:
         need(run_dir / "final.pt")
-    if opt("--out"):  # one run: the files are named
-        write(opt("--out"))
-        for i, word in enumerate(argv):
-            if word == "--dg-out":
-                write(argv[i + 1])
-    else:  # any number of runs: the files go where mtwork.plan puts them under --metrics-dir
-        from mtwork.plan import metrics_path, vit_metrics_path
+    from mtwork.plan import metrics_path, vit_metrics_path
 
-        root = Path(opt("--metrics-dir"))
-        for run_dir in run_dirs:
-            if run_dir.parent.name == "vit":
-                write(vit_metrics_path(run_dir.name, root))
-                continue
-            write(metrics_path(run_dir.name, "mtl", None, root))
-            for domain in dg_domains:
-                write(metrics_path(run_dir.name, "dg", domain, root))
+    root = Path(opt("--metrics-dir"))  # the files go where mtwork.plan puts them
+    for run_dir in run_dirs:
+        if run_dir.parent.name == "vit":
+            write(vit_metrics_path(run_dir.name, root))
+            continue
+        write(metrics_path(run_dir.name, "mtl", None, root))
+        for domain in dg_domains:
+            write(metrics_path(run_dir.name, "dg", domain, root))
 elif verb == "tables":
     need(opt("--metrics"))
     for name in ("mtl.md", "mtl.tex", "mtl.csv"):

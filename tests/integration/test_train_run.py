@@ -144,8 +144,8 @@ def test_lora_and_lv_adapter_runs_train_and_evaluate(paradigm, synthdrive_tiny, 
 
 
 def test_cli_evaluates_several_runs_where_the_plan_puts_their_metrics(trained, synthdrive_tiny, tmp_path, capsys):
-    """`mtwork evaluate --metrics-dir` (the workflow's form: one job per checkpoint source) writes each
-    run's source-domain and DG metrics at mtwork.plan's paths, identical to the one-run form."""
+    """`mtwork evaluate` with several --run-dir (the workflow's form: one job per checkpoint source)
+    writes each run's source-domain and DG metrics at mtwork.plan's paths, identical to one run alone."""
     from mtwork.cli import main
     from mtwork.plan import metrics_path
 
@@ -156,16 +156,13 @@ def test_cli_evaluates_several_runs_where_the_plan_puts_their_metrics(trained, s
     common = ["--params", str(PARAMS), *sets, "--data", str(synthdrive_tiny), "--protocol", "mtl",
               "--dg-domain", "same_images", "--dg-data", str(synthdrive_tiny)]
     assert main(["evaluate", "--run-dir", str(out), "--run-dir", str(twin), "--metrics-dir", str(tmp_path / "m"), *common]) == 0
-    assert main(["evaluate", "--run-dir", str(out), "--out", str(tmp_path / "one.json"),
-                 "--dg-out", str(tmp_path / "one_dg.json"), *common]) == 0
+    assert main(["evaluate", "--run-dir", str(out), "--metrics-dir", str(tmp_path / "one"), *common]) == 0
+    alone = json.loads(metrics_path(RUN, "mtl", None, tmp_path / "one").read_text())["metrics"]
     for run in (RUN, twin.name):
         mtl = json.loads(metrics_path(run, "mtl", None, tmp_path / "m").read_text())
         dg = json.loads(metrics_path(run, "dg", "same_images", tmp_path / "m").read_text())
         assert (mtl["protocol"], dg["protocol"], dg["domain"]) == ("mtl", "dg", "same_images")
-        assert mtl["metrics"] == dg["metrics"] == json.loads((tmp_path / "one.json").read_text())["metrics"]
-    # the two forms do not mix, and --out names one run
-    for bad in (["--run-dir", str(out), "--run-dir", str(twin), "--out", str(tmp_path / "x.json")],
-                ["--run-dir", str(out), "--metrics-dir", str(tmp_path / "m"), "--dg-out", str(tmp_path / "x.json")],
-                ["--run-dir", str(out)]):
-        assert main(["evaluate", *bad, *common]) == 2
-        assert "mtwork evaluate: error:" in capsys.readouterr().err
+        assert mtl["metrics"] == dg["metrics"] == alone
+    # a DG domain without its data root is refused with a clear error
+    assert main(["evaluate", "--run-dir", str(out), "--metrics-dir", str(tmp_path / "x"), *common, "--dg-domain", "night"]) == 2
+    assert "mtwork evaluate: error:" in capsys.readouterr().err
