@@ -182,23 +182,31 @@ class TrainTransform:
         self.hflip_prob = float(hflip_prob)
         self.generator = generator
 
-    def _uniform(self) -> float:
-        return float(torch.rand((), generator=self.generator))
+    @staticmethod
+    def _uniform(generator: Optional[torch.Generator]) -> float:
+        return float(torch.rand((), generator=generator))
 
-    def _randint(self, high_inclusive: int) -> int:
+    @staticmethod
+    def _randint(high_inclusive: int, generator: Optional[torch.Generator]) -> int:
         if high_inclusive <= 0:
             return 0
-        return int(torch.randint(0, high_inclusive + 1, (), generator=self.generator))
+        return int(torch.randint(0, high_inclusive + 1, (), generator=generator))
 
-    def sample_params(self, orig_size: Tuple[int, int]) -> AugParams:
-        """Draw scale, crop offset and flip for an image of ``orig_size`` (H0, W0)."""
+    def sample_params(self, orig_size: Tuple[int, int], generator: Optional[torch.Generator] = None) -> AugParams:
+        """Draw scale, crop offset and flip for an image of ``orig_size`` (H0, W0).
+
+        ``generator``: draw from this one (e.g. seeded per sample and epoch by the training engine, so
+        a sample's augmentation does not depend on which process or worker loads it); default
+        ``self.generator``.
+        """
+        gen = self.generator if generator is None else generator
         h0, w0 = orig_size
         out_h, out_w = self.size
         lo, hi = self.scale_range
-        scale = min(out_h / h0, out_w / w0) * (lo + (hi - lo) * self._uniform())
+        scale = min(out_h / h0, out_w / w0) * (lo + (hi - lo) * self._uniform(gen))
         resized = (max(1, round(h0 * scale)), max(1, round(w0 * scale)))
-        crop = (self._randint(resized[0] - out_h), self._randint(resized[1] - out_w))
-        flip = self._uniform() < self.hflip_prob
+        crop = (self._randint(resized[0] - out_h, gen), self._randint(resized[1] - out_w, gen))
+        flip = self._uniform(gen) < self.hflip_prob
         return AugParams(scale=scale, resized=resized, crop=crop, flip=flip)
 
     def apply(self, sample: Dict[str, Any], params: AugParams) -> Dict[str, Any]:
@@ -264,9 +272,9 @@ class TrainTransform:
             out["det"] = _det_tensors(boxes[keep], labels[keep])
         return out
 
-    def __call__(self, sample: Dict[str, Any]) -> Dict[str, Any]:
+    def __call__(self, sample: Dict[str, Any], generator: Optional[torch.Generator] = None) -> Dict[str, Any]:
         image = np.asarray(sample["image"])
-        return self.apply(sample, self.sample_params(image.shape[:2]))
+        return self.apply(sample, self.sample_params(image.shape[:2], generator))
 
 
 class EvalTransform:

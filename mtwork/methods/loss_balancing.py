@@ -21,7 +21,7 @@ The interface the training loop uses, the same for all:
 
 * ``weighted_loss(losses: {task: scalar tensor}) -> scalar tensor``; tasks absent from ``losses`` (no
   label in this batch) contribute nothing; a task the balancer does not know raises ``KeyError``.
-* ``maybe_update(step, losses, shared_params) -> bool``: per-step hook before backward (only TROA does
+* ``maybe_update(step, losses, shared_params, all_reduce=None) -> bool``: per-step hook before backward (only TROA does
   work; the others return False).
 * ``end_epoch(epoch_mean_losses: {task: float})``: per-epoch hook (DWA's ratios).
 * ``weights`` (T,): the balancer's own task weights (TROA: on the simplex; DWA: summing to T;
@@ -33,7 +33,7 @@ The interface the training loop uses, the same for all:
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -95,9 +95,14 @@ class LossBalancer(nn.Module):
     # ------------------------------------------------------------------ hooks
 
     def maybe_update(
-        self, step: int, losses: Mapping[str, torch.Tensor], shared_params: Sequence[torch.Tensor]
+        self, step: int, losses: Mapping[str, torch.Tensor], shared_params: Sequence[torch.Tensor],
+        all_reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
     ) -> bool:
-        """Per training step, after the forward and before backward; True when weights changed."""
+        """Per training step, after the forward and before backward; True when weights changed.
+
+        ``all_reduce``: under data parallelism, a function averaging a tensor over all processes (the
+        training engine passes it; None in one process), so every rank takes the same decision.
+        """
         return False
 
     def end_epoch(self, epoch_mean_losses: Mapping[str, float]) -> None:

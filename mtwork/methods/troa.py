@@ -36,7 +36,7 @@ their log weight (``g = 0``) and their affinity rows and columns.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
@@ -135,7 +135,8 @@ class TROA(LossBalancer):
     # ------------------------------------------------------------------ the update
 
     def maybe_update(
-        self, step: int, losses: Mapping[str, torch.Tensor], shared_params: Sequence[torch.Tensor]
+        self, step: int, losses: Mapping[str, torch.Tensor], shared_params: Sequence[torch.Tensor],
+        all_reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
     ) -> bool:
         """Every ``every`` steps: per-task gradients on ``shared_params``, cosines, weights and affinity.
 
@@ -151,6 +152,8 @@ class TROA(LossBalancer):
         if len(present) < 2 or not params:
             return False
         grads = torch.stack([flat_gradient(losses[t], params) for t in present])
+        if all_reduce is not None:  # data parallel: the gradients of the global batch, same on every rank
+            grads = all_reduce(grads)
         cos = cosine_matrix(grads, self.eps).cpu()
         g_present = agreement(cos)
 
