@@ -19,20 +19,21 @@
 # Values are parsed as YAML (like `mtwork --set` and `dvc exp run -S`).
 #
 # Reruns: each rule's `params.settings` holds the resolved parameters its command reads (key lists in
-# PARAM_KEYS of rules/common.smk; dvc.yaml lists the same keys per stage), so Snakemake's params
+# mtwork/workflow.py; the generated dvc.yaml tracks their union per stage), so Snakemake's params
 # trigger reruns exactly the rules a changed parameter reaches. The overrides enter the commands
 # through `params.args` (see CommandArgs), which does not trigger reruns of its own.
 #
-# All paths come from mtwork.plan (defined once there); dvc.yaml spells the same paths and commands
-# and tests/integration/test_workflow_definition.py proves that both plan the same jobs.
+# All paths come from mtwork.plan (defined once there). dvc.yaml is generated from the same rules
+# (mtwork/workflow.py, `mtwork plan --dvc`): one DVC stage per phase, each running this workflow up to
+# its rules. After a run that built results/tables, `onsuccess` commits the outputs to DVC
+# (`mtwork record`), so `dvc status` is clean and `dvc push` shares them.
 #
-# DVC and mtimes: `dvc checkout`/`dvc pull` does not preserve modification times. Small files
-# (< 1 MB: data checks, logs, metrics) are guarded by Snakemake's input checksums; for the rest run
-# `snakemake --touch results/tables` after a checkout so Snakemake sees them as up to date. Inputs
-# the workflow does not make (the user's BDD100K folder and upstream checkpoint files, possibly
-# DVC-imported) are marked ancient(): only their presence matters, never their time. Internal
-# artefacts are *not* ancient on purpose: an ancient input stops a rerun upstream from reaching
-# this rule (snakemake's dag skips dependants whose inputs are all ancient).
+# DVC checkouts: `dvc pull`/`dvc checkout` does not preserve modification times. In a fresh clone
+# (no .snakemake/ records yet) whose outputs DVC restored exactly as dvc.lock recorded them, the
+# Snakefile dates them in plan order (restore_checkout_times), so `snakemake -n` finds nothing to do.
+# In a workspace that has run Snakemake before, run `snakemake --touch results/tables` after a
+# `dvc checkout`. Inputs the workflow does not make (the user's BDD100K folder and upstream checkpoint
+# files) are marked ancient(): only their presence matters.
 
 configfile: "params.yaml"
 
@@ -48,11 +49,19 @@ wildcard_constraints:
 
 localrules:
     all,
+    phase_data,
+    phase_checkpoints,
+    phase_train,
+    phase_evaluate,
 
 
 rule all:
     input:
         TABLES_DIR,
+
+
+onsuccess:
+    record_for_dvc()
 
 
 include: "rules/data.smk"
@@ -61,3 +70,8 @@ include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/vit.smk"
 include: "rules/tables.smk"
+include: "rules/phases.smk"
+
+
+# a fresh clone whose outputs `dvc pull` restored: date them in plan order (see rules/common.smk)
+restore_checkout_times()

@@ -7,6 +7,8 @@
     mtwork train              one run: adapt/finetune stages -> models/runs/<run>/final.pt
     mtwork evaluate           a trained run on a domain's val split -> results/metrics/...json
     mtwork tables             metrics -> results/tables/*.md|.tex|.csv and results/figures/*.png
+    mtwork plan               the planned runs; --dvc writes the DVC pipeline generated from the rules
+    mtwork record             commit a finished run's outputs to DVC (the Snakefile does it on success)
 
 Snakemake rules and DVC stages call these and nothing else. Imports are lazy so ``--help`` is fast.
 """
@@ -182,12 +184,45 @@ def cmd_tables(args: argparse.Namespace) -> int:
 
     params = _params(args)
     write_tables(params, metrics_dir=args.metrics, runs_dir=args.runs, out_dir=args.out, figures_dir=args.figures)
-    if params["vit"]["enabled"]:  # source 2's tables from results/metrics/vit and the runs in --vit-runs
+    if params["vit"]["enabled"]:  # source 2's tables from results/metrics/vit and its runs' logs
         from mtwork.report.vit_tables import write_vit_tables
 
-        if args.vit_runs is None:
-            raise ValueError("vit.enabled is true: pass --vit-runs (the folder of source 2's runs, e.g. models/vit)")
-        write_vit_tables(params, Path(args.metrics) / "vit", args.vit_runs, args.out, args.figures)
+        write_vit_tables(params, Path(args.metrics) / "vit", args.runs, args.out, args.figures)
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Print the runs the settings plan; with --dvc, write (or --check) the generated dvc.yaml."""
+    from mtwork import workflow
+
+    if args.dvc is not None:
+        if args.check:
+            diff = workflow.check_dvc_yaml(args.dvc)
+            if diff:
+                print(diff, end="")
+                print(f"mtwork plan: {args.dvc} is not the generated pipeline; run `mtwork plan --dvc {args.dvc}`",
+                      file=sys.stderr)
+                return 1
+            print(f"{args.dvc} is up to date")
+            return 0
+        print(f"wrote {workflow.write_dvc_yaml(args.dvc)}")
+        return 0
+    import json
+
+    print(json.dumps(workflow.plan_summary(_params(args)), indent=2))
+    return 0
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    """Commit the pipeline's outputs to DVC (what the Snakefile does after a complete run)."""
+    from mtwork.workflow import RecordSkipped, record_outputs
+
+    try:
+        stages = record_outputs(args.root)
+    except RecordSkipped as why:
+        print(f"mtwork record: not recorded for DVC: {why}")
+        return 0 if args.if_possible else 1
+    print(f"mtwork record: outputs of stages {', '.join(stages)} committed to DVC (dvc status is clean)")
     return 0
 
 
@@ -242,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fetch a published upstream checkpoint (mtwork/checkpoints/catalog.py) and verify its checksum",
     )
     p.add_argument("name", help="a source of the catalog, e.g. moco_v2, supervised_imagenet, clip_rn50")
-    p.add_argument("--dest", type=Path, default=Path("models/upstream"))
+    p.add_argument("--dest", type=Path, default=Path("models/pretrained/upstream"))
     p.add_argument("--timeout", type=float, default=60.0)
     p.set_defaults(func=cmd_download_checkpoint)
 
@@ -270,11 +305,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tables", help="render paper-style tables and figures")
     _add_params(p)
     p.add_argument("--metrics", default=Path("results/metrics"), type=Path)
-    p.add_argument("--runs", default=Path("models/runs"), type=Path)
-    p.add_argument("--vit-runs", default=None, type=Path, help="source 2's run folder (models/vit), when vit.enabled")
+    p.add_argument("--runs", default=Path("models/runs"), type=Path, help="the runs' folders (their log.json)")
     p.add_argument("--out", default=Path("results/tables"), type=Path)
     p.add_argument("--figures", default=Path("results/figures"), type=Path)
     p.set_defaults(func=cmd_tables)
+
+    p = sub.add_parser("plan", help="print the planned runs, or write the generated dvc.yaml (--dvc)")
+    _add_params(p)
+    p.add_argument("--dvc", nargs="?", const=Path("dvc.yaml"), default=None, type=Path, metavar="FILE",
+                   help="write the DVC pipeline generated from the workflow's rules (default file: dvc.yaml)")
+    p.add_argument("--check", action="store_true", help="with --dvc: exit 1 with a diff if FILE is not up to date")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("record", help="commit the pipeline's outputs to DVC's cache and dvc.lock after a run")
+    p.add_argument("--root", type=Path, default=Path("."), help="the DVC repository (default: .)")
+    p.add_argument("--if-possible", action="store_true",
+                   help="exit 0 when there is nothing to record (no DVC repository, incomplete run)")
+    p.set_defaults(func=cmd_record)
     return parser
 
 

@@ -13,9 +13,16 @@ from typing import Any, Dict, List, Mapping, Tuple
 PROTOCOL_MTL = "mtl"
 PROTOCOL_DG = "dg"
 
-DATA_DIR = Path("data")
+# Where the pipeline writes. Each phase of the workflow owns one of these folders and writes nowhere
+# else (mtwork.workflow.DVC_STAGES: DVC needs disjoint outputs per stage).
+DATA_DIR = Path("data")  # generated data and the data checks
 MODELS_DIR = Path("models")
+PRETRAINED_DIR = MODELS_DIR / "pretrained"  # upstream-format checkpoints of the embedded pretraining + imports
+RUNS_DIR = MODELS_DIR / "runs"  # one folder per run, source 1 and source 2
 RESULTS_DIR = Path("results")
+METRICS_DIR = RESULTS_DIR / "metrics"
+TABLES_DIR = RESULTS_DIR / "tables"
+FIGURES_DIR = RESULTS_DIR / "figures"
 
 # The paradigm decides the stages and whether the multi-scale adapters exist at all.
 PARADIGM_METHOD = {
@@ -172,7 +179,7 @@ def lv_text_checkpoint(params: Mapping[str, Any]) -> Path:
 
 def embedded_checkpoint_path(source: str) -> Path:
     """Where the embedded pretraining of ``source`` writes its upstream-format checkpoint."""
-    return MODELS_DIR / "upstream" / f"{source}.pth.tar"
+    return PRETRAINED_DIR / "upstream" / f"{source}.pth.tar"
 
 
 def planned_sources(params: Mapping[str, Any]) -> List[str]:
@@ -190,19 +197,12 @@ def embedded_pretrain_sources(params: Mapping[str, Any]) -> List[str]:
 
 
 def pretrained_path(source: str) -> Path:
-    return MODELS_DIR / "pretrained" / f"{source}.pt"
+    return PRETRAINED_DIR / f"{source}.pt"
 
 
 def run_dir(run_id: str) -> Path:
-    return MODELS_DIR / "runs" / run_id
-
-
-def vit_run_dir(run_id: str) -> Path:
-    """Source 2's runs live apart from source 1's (their own rules, checkpoints and metrics)."""
-    return MODELS_DIR / "vit" / run_id
-
-
-METRICS_DIR = RESULTS_DIR / "metrics"
+    """A run's folder (source 1 and source 2 alike: their run ids differ by checkpoint source)."""
+    return RUNS_DIR / run_id
 
 
 def vit_metrics_path(run_id: str, root: Path = METRICS_DIR) -> Path:

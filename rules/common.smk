@@ -11,6 +11,7 @@ import yaml
 
 from mtwork import config as mtconfig
 from mtwork import plan
+from mtwork import workflow as mtworkflow
 
 
 PARAMS_FILE = "params.yaml"
@@ -103,27 +104,7 @@ if OVERRIDES:
     print(f"mtwork params overrides: {' '.join(OVERRIDES)}", file=sys.stderr)
 
 
-# ---- the parameters each rule reads (its `params`; dvc.yaml lists the same keys per stage) --------
-
-TRAIN_KEYS = [f"train.{k}" for k in ("epochs", "adapt_epochs", "batch_size", "input_size", "lr", "weight_decay",
-                                     "warmup_epochs", "loss_weights", "device", "amp")]
-PARAM_KEYS = {
-    "generate_synthdrive": ["data.synthdrive"],
-    "check_data": [],
-    "pretrain": ["checkpoints.pretrain", "checkpoints.catalog.{source}", "model.backbone"],
-    "import_checkpoint": ["checkpoints.catalog.{source}", "model.backbone"],
-    # model: the architecture and the det post-processing stored with final.pt; not workers/threads
-    "train": TRAIN_KEYS + ["model"],
-    "evaluate": ["evaluate", "train.input_size", "train.device", "train.amp", "data.source_domain", "data.dg_domains"],
-    "tables": ["checkpoints.sources", "train.tasks", "train.paradigms", "train.seeds", "data.source_domain",
-               "data.dg_domains", "vit.enabled", "vit.tasks", "vit.task_subsets", "vit.paradigms", "vit.seeds"],
-    # source 2: everything of the vit block shapes a run but its run lists (those only plan runs)
-    "train_vit": [f"vit.{k}" for k in ("source", "epochs", "batch_size", "input_size", "lr", "weight_decay",
-                                       "warmup_epochs", "loss_weights", "task_embed_dim", "adapter_reduction", "adapted_blocks",
-                                       "troa")]
-    + ["train.device", "train.amp"],
-    "evaluate_vit": ["evaluate", "vit.input_size", "train.device", "train.amp", "data.source_domain"],
-}
+# ---- the parameters each rule reads (mtwork.workflow.RULE_PARAM_KEYS; the DVC stages track them too) ---
 
 
 def pick(keys, **fmt):
@@ -138,8 +119,13 @@ def pick(keys, **fmt):
 
 
 def rule_params(rule_name):
-    """A `params:` function giving the rule's resolved parameters for a job's wildcards."""
-    return lambda wildcards: pick(PARAM_KEYS[rule_name], **dict(wildcards.items()))
+    """A `params:` function giving the resolved parameters a job of the rule reads (its `settings`)."""
+
+    def settings(wildcards):
+        fmt = dict(wildcards.items())
+        return pick(mtworkflow.job_param_keys(P, rule_name, fmt), **fmt)
+
+    return settings
 
 
 # ---- plan, paths, resources -----------------------------------------------------------------------
@@ -154,8 +140,8 @@ SYNTHDRIVE = P["data"]["dataset"] == "synthdrive"
 
 RUN_FINAL = "final.pt"  # written by `mtwork train` into the run directory (see mtwork/train.py)
 RUN_LOG = "log.json"
-TABLES_DIR = str(plan.RESULTS_DIR / "tables")
-FIGURES_DIR = str(plan.RESULTS_DIR / "figures")
+TABLES_DIR = str(plan.TABLES_DIR)
+FIGURES_DIR = str(plan.FIGURES_DIR)
 # sources whose upstream file the embedded pretraining makes (catalog path null)
 EMBEDDED_SOURCES = plan.embedded_pretrain_sources(P)
 
@@ -172,6 +158,12 @@ def dataset_input(domain):
 
 def run_file(run_id, name):
     return str(plan.run_dir(run_id) / name)
+
+
+def train_text_input(wildcards):
+    """A training job's extra input: the LV-Adapter's text tower (source 1 LV runs only)."""
+    run = plan.parse_run_id(wildcards.run)
+    return [] if plan.is_vit_run(P, run) else lv_text_input(wildcards)
 
 
 def lv_text_input(wildcards):
@@ -237,3 +229,66 @@ CONDA_ENV = "../envs/mtwork.yaml"
 _paradigms = "|".join(plan.PARADIGM_METHOD)
 _tasks = "|".join(dict.fromkeys(mtconfig.TASK_NAMES + mtconfig.VIT_TASK_NAMES))
 RUN_ID_PATTERN = rf"[A-Za-z0-9_\-]+?__(?:{_paradigms})__(?:{_tasks})(?:-(?:{_tasks}))*__s[0-9]+"
+
+
+# ---- every planned output, rule by rule ------------------------------------------------------------
+
+
+def outputs_by_rule():
+    """[(rule, [output paths])] of the whole plan, each rule after the rules whose outputs it reads."""
+    domains = [SOURCE_DOMAIN, *DG_DOMAINS]
+    pretrained = EMBEDDED_SOURCES + [
+        s for s in [P["model"]["lv"]["clip_source"]]  # the LV-Adapter's text tower, read by training
+        if any(run.method == "lv_adapter" for run in RUNS) and s not in EMBEDDED_SOURCES
+        and not P["checkpoints"]["catalog"][s].get("path")
+    ]
+    return [
+        ("generate_synthdrive", [dataset_root(d) for d in domains] if SYNTHDRIVE else []),
+        ("check_data", [str(plan.data_check_path(d)) for d in domains]),
+        ("pretrain", [str(plan.embedded_checkpoint_path(s)) for s in pretrained]),
+        ("import_checkpoint", [str(plan.pretrained_path(s)) for s in plan.planned_sources(P)]),
+        ("train", [run_file(run.id, name) for run in [*RUNS, *VIT_RUNS] for name in (RUN_FINAL, RUN_LOG)]),
+        ("evaluate", [str(plan.metrics_path(run.id, plan.PROTOCOL_MTL)) for run in RUNS]
+         + [str(plan.metrics_path(run.id, plan.PROTOCOL_DG, d)) for d in DG_DOMAINS for run in RUNS]),
+        ("evaluate_vit", [str(plan.vit_metrics_path(run.id)) for run in VIT_RUNS]),
+        ("tables", [TABLES_DIR, FIGURES_DIR]),
+    ]
+
+
+def planned_outputs(*rules):
+    return [path for rule, paths in outputs_by_rule() if rule in rules for path in paths]
+
+
+# ---- recording a complete run for DVC ---------------------------------------------------------------
+
+
+def record_for_dvc():
+    """After a successful run that built the tables (the whole plan), commit every DVC stage's outputs
+    (mtwork.workflow.record_outputs), so that `dvc status` is clean and `dvc push` has the results.
+    Runs of a part of the plan (other targets, --until) and DVC's own stage runs record nothing."""
+    targets = {str(f) for f in workflow.dag.targetfiles} | {job.rule.name for job in workflow.dag.targetjobs}
+    if TABLES_DIR not in targets and "all" not in targets:
+        return
+    try:
+        stages = mtworkflow.record_outputs(".")
+    except mtworkflow.RecordSkipped as why:
+        print(f"mtwork: outputs not recorded for DVC: {why}", file=sys.stderr)
+        return
+    print(f"mtwork: outputs of the DVC stages {', '.join(stages)} recorded (dvc status is clean)", file=sys.stderr)
+
+
+def restore_checkout_times():
+    """In a fresh clone whose outputs `dvc pull` restored: give them modification times in plan order.
+
+    DVC writes files with the time of the checkout, in no particular order, so Snakemake (which cannot
+    switch its mtime trigger off) would see outputs older than their inputs and redo the pipeline. When
+    Snakemake has no record of its own yet (no .snakemake/metadata), every planned output exists and
+    DVC finds them exactly as dvc.lock recorded them (a complete, consistent run), their times are set
+    in the order of the rules that make them. Anything else is left alone."""
+    if not workflow.is_main_process or any(Path(".snakemake", "metadata").glob("*")):
+        return
+    if not Path("dvc.lock").is_file():
+        return
+    restored = mtworkflow.restore_checkout_times(outputs_by_rule(), ".")
+    if restored:
+        print(f"mtwork: {restored} outputs checked out by DVC (dvc status clean) dated in plan order", file=sys.stderr)

@@ -7,7 +7,7 @@ rule tables:
         dg=[str(plan.metrics_path(run.id, plan.PROTOCOL_DG, domain)) for domain in DG_DOMAINS for run in RUNS],
         logs=[run_file(run.id, RUN_LOG) for run in RUNS],
         vit=[str(plan.vit_metrics_path(run.id)) for run in VIT_RUNS],
-        vit_logs=[str(plan.vit_run_dir(run.id) / RUN_LOG) for run in VIT_RUNS],
+        vit_logs=[str(plan.run_dir(run.id) / RUN_LOG) for run in VIT_RUNS],
     output:
         tables=directory(TABLES_DIR),
         figures=directory(FIGURES_DIR),
@@ -18,9 +18,8 @@ rule tables:
         settings=rule_params("tables"),
         metrics_dir=parent_dir("mtl"),  # results/metrics
         runs_dir=parent_dir("logs", levels=2),  # models/runs
-        vit_runs_dir=lambda wildcards: str(plan.MODELS_DIR / "vit"),  # source 2's runs
     conda:
         CONDA_ENV
     shell:
         "mtwork tables {params.args} --metrics {params.metrics_dir:q} --runs {params.runs_dir:q}"
-        " --vit-runs {params.vit_runs_dir:q} --out {output.tables:q} --figures {output.figures:q} > {log:q} 2>&1"
+        " --out {output.tables:q} --figures {output.figures:q} > {log:q} 2>&1"

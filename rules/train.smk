@@ -1,6 +1,7 @@
-# Training: one job per run id (SOURCE__PARADIGM__TASK-TASK__sSEED, parsed with plan.parse_run_id).
-# `mtwork train` also writes epoch checkpoints and adapt.pt into the run directory; final.pt and
-# log.json are the declared outputs.
+# Training: one job per run id (SOURCE__PARADIGM__TASK-TASK__sSEED, parsed with plan.parse_run_id), for
+# both lines of work: `mtwork train` takes a run of a Swin-V2 source (source 2) to its ViT-adapter
+# training and every other run to source 1's. It also writes epoch checkpoints (and adapt.pt) into the
+# run directory; final.pt and log.json are the declared outputs.
 
 
 rule train:
@@ -8,7 +9,7 @@ rule train:
         data=dataset_input(SOURCE_DOMAIN),
         check=str(plan.data_check_path(SOURCE_DOMAIN)),
         checkpoint=train_checkpoint,
-        text=lv_text_input,
+        text=train_text_input,
     output:
         final=run_file("{run}", RUN_FINAL),
         log=run_file("{run}", RUN_LOG),

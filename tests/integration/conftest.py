@@ -151,10 +151,11 @@ def write(path):
     path.write_text(uuid.uuid4().hex)
 
 
+params = None
 if "--params" in argv:
     from mtwork.config import load_params
 
-    load_params(opt("--params"), [argv[i + 1] for i, a in enumerate(argv) if a == "--set"])
+    params = load_params(opt("--params"), [argv[i + 1] for i, a in enumerate(argv) if a == "--set"])
 verb = argv[0]
 if verb == "generate":
     write(Path(opt("--out")) / "images" / "placeholder.txt")
@@ -180,11 +181,11 @@ elif verb == "evaluate":
             need(argv[i + 1])
     for run_dir in run_dirs:
         need(run_dir / "final.pt")
-    from mtwork.plan import metrics_path, vit_metrics_path
+    from mtwork.plan import is_vit_run, metrics_path, parse_run_id, vit_metrics_path
 
     root = Path(opt("--metrics-dir"))  # the files go where mtwork.plan puts them
     for run_dir in run_dirs:
-        if run_dir.parent.name == "vit":
+        if is_vit_run(params, parse_run_id(run_dir.name)):
             write(vit_metrics_path(run_dir.name, root))
             continue
         write(metrics_path(run_dir.name, "mtl", None, root))

@@ -1,45 +1,31 @@
-"""The two DAG definitions agree, and the workflow reruns what it should.
+"""The workflow definition: Snakemake plans the jobs, DVC's pipeline is generated from the same rules,
+and both rerun what they should.
 
-Snakemake (Snakefile + rules/*.smk) is the execution engine and dvc.yaml drives DVC; both list the
-same `mtwork` commands. These tests prove they plan the same jobs (command line + outputs, and each
-job's params keys), that `snakemake --lint` is clean, that `--config` overrides reach every command
-and switch to the paper-scale plan, and, with a stand-in `mtwork` that only writes placeholder
-outputs, that a changed parameter reruns exactly the jobs that read it, in both engines.
+Snakemake (Snakefile + rules/*.smk) is the execution engine; dvc.yaml is generated from
+mtwork/workflow.py (`mtwork plan --dvc`), one stage per phase that runs Snakemake up to its rules.
+These tests prove that dvc.yaml is the generated one, that every rule belongs to exactly one stage
+and writes only into that stage's folders, that each stage tracks the keys its jobs read, that
+`snakemake --lint` is clean, that `--config` overrides reach every command and switch to the
+paper-scale plan, and, with a stand-in `mtwork` that only writes placeholder outputs, that a changed
+parameter reruns exactly the jobs that read it, that a finished Snakemake run leaves DVC clean, and
+that `dvc push` / `dvc pull` / `dvc exp run -S` work.
 
 Everything runs in a temporary copy of the workflow files (see conftest.py): the real data/,
-models/ and results/ are never touched. The dry runs take ~10 s in all; the two stand-in executions
-(~35-70 s together on 2 shared cores) are marked `slow`.
+models/ and results/ are never touched. The dry runs take ~10 s in all; the stand-in executions are
+marked `slow`.
 """
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
-from typing import Dict, FrozenSet, List, Set, Tuple
+from typing import Dict, List, Set, Tuple
 
 import pytest
 import yaml
 
-
-# dvc.yaml stage (before "@") -> the Snakemake rule that makes the same outputs
-DVC_STAGE_RULE = {
-    "generate_synthdrive": "generate_synthdrive",
-    "generate_synthdrive_dg": "generate_synthdrive",
-    "check_data": "check_data",
-    "check_data_dg": "check_data",
-    "pretrain": "pretrain",
-    "import_checkpoint": "import_checkpoint",
-    "train": "train",
-    "train_single_task": "train",
-    "evaluate": "evaluate",
-    "evaluate_single_task": "evaluate",
-    "import_checkpoint_vit": "import_checkpoint",
-    "train_vit": "train_vit",
-    "evaluate_vit": "evaluate_vit",
-    "tables": "tables",
-}
-
-Key = Tuple[str, Tuple[str, ...], FrozenSet[str]]  # (rule, argv, outputs)
+from mtwork import workflow
 
 
 def _argv(cmd: str) -> Tuple[str, ...]:
@@ -50,45 +36,18 @@ def _argv(cmd: str) -> Tuple[str, ...]:
     return tuple(words)
 
 
-def per_run(rule: str, argv: Tuple[str, ...], outputs: FrozenSet[str]) -> List[Key]:
-    """An `mtwork evaluate` of several runs (Snakemake: one job per checkpoint source) as the commands
-    of one --run-dir each that dvc.yaml spells, each with the metrics files named after its run."""
-    where = [i for i, word in enumerate(argv) if word == "--run-dir"]
-    if argv[:2] != ("mtwork", "evaluate") or len(where) < 2:
-        return [(rule, argv, outputs)]
-    rest = [w for i, w in enumerate(argv) if i not in where and i - 1 not in where]
-    keys = []
-    for i in where:
-        run = Path(argv[i + 1]).name
-        mine = frozenset(o for o in outputs if Path(o).stem == run)
-        assert mine, f"no output of {run} among {sorted(outputs)}"
-        keys.append((rule, tuple(rest[: where[0]] + ["--run-dir", argv[i + 1]] + rest[where[0]:]), mine))
-    assert frozenset().union(*(k[2] for k in keys)) == outputs, "outputs that belong to no run"
-    return keys
+def _stage_of(rule: str) -> workflow.DvcStage:
+    (stage,) = [s for s in workflow.DVC_STAGES if rule in s.rules]
+    return stage
 
 
-def snakemake_plan(jobs: List["Job"]) -> Set[Key]:
-    return {key for j in jobs if j.rule != "all" for key in per_run(j.rule, _argv(j.cmd), frozenset(j.outputs))}
+def _under(path: str, folders) -> bool:
+    return any(path == f or path.startswith(f.rstrip("/") + "/") for f in folders)
 
 
-def dvc_stages(repo_dir: Path):
-    from dvc.repo import Repo
-
-    with Repo(str(repo_dir)) as repo:
-        return list(repo.index.stages)
-
-
-def dvc_plan(repo_dir: Path) -> Set[Key]:
-    plan = set()
-    for stage in dvc_stages(repo_dir):
-        rule = DVC_STAGE_RULE[stage.name.split("@")[0]]
-        plan.add((rule, _argv(stage.cmd), frozenset(str(o.def_path) for o in stage.outs)))
-    return plan
-
-
-def _diff(a: Set[Key], b: Set[Key]) -> str:
-    fmt = lambda keys: "\n".join(f"  {r}: {' '.join(argv)} -> {sorted(outs)}" for r, argv, outs in sorted(keys))
-    return f"only in Snakemake:\n{fmt(a - b)}\nonly in dvc.yaml:\n{fmt(b - a)}"
+def _covered(key: str, tracked: List[str]) -> bool:
+    """``key`` is tracked itself or through an ancestor ("train" covers "train.lr")."""
+    return any(key == t or key.startswith(t + ".") for t in tracked)
 
 
 def _edit_params(wf: Path, edit) -> None:
@@ -99,11 +58,8 @@ def _edit_params(wf: Path, edit) -> None:
 
 
 def small_plan(wf: Path) -> None:
-    """Shrink the plan of a workflow copy (params.yaml and dvc.yaml's vars alike) so that tests that
-    run every job through the stand-in mtwork stay fast: 3 sources x 3 paradigms, 1 seed, 3 ViT runs.
-    clip_tiny stays: dvc.yaml's multi-task stages depend on the LV-Adapter's text tower file."""
-    from mtwork.config import resolve
-    from mtwork.plan import embedded_pretrain_sources, plan_vit_runs
+    """Shrink the plan of a workflow copy so that tests that run every job through the stand-in
+    mtwork stay fast: 3 sources x 3 paradigms, 1 seed, 3 ViT runs."""
 
     def edit(params):
         params["checkpoints"]["sources"] = ["random", "moco_v2", "clip_tiny"]
@@ -114,17 +70,6 @@ def small_plan(wf: Path) -> None:
         params["vit"]["paradigms"] = ["vtagml"]
 
     _edit_params(wf, edit)
-    params = resolve(yaml.safe_load((wf / "params.yaml").read_text()))
-    dvc_path = wf / "dvc.yaml"
-    dvc = yaml.safe_load(dvc_path.read_text())
-    for entry in dvc["vars"]:
-        if "embedded_pretrain" in entry:
-            entry["embedded_pretrain"] = embedded_pretrain_sources(params)
-        if "multitask" in entry:
-            entry["multitask"]["paradigms"] = [p for p in params["train"]["paradigms"] if p != "single_task"]
-        if "vit_runs" in entry:
-            entry["vit_runs"] = [r.id for r in plan_vit_runs(params)]
-    dvc_path.write_text(yaml.safe_dump(dvc, sort_keys=False))
 
 
 def _with_more_runs(params):
@@ -134,7 +79,7 @@ def _with_more_runs(params):
     params["checkpoints"]["sources"] = list(reversed(params["checkpoints"]["sources"]))
 
 
-# ---- the plans agree ------------------------------------------------------------------------------
+# ---- one plan, two engines ----------------------------------------------------------------------
 
 
 def test_snakemake_lint_is_clean(workflow_dir: Path, wt):
@@ -143,74 +88,72 @@ def test_snakemake_lint_is_clean(workflow_dir: Path, wt):
     assert proc.returncode == 0 and "Lints for" not in out, out
 
 
+def test_dvc_yaml_is_the_generated_pipeline(wt):
+    diff = workflow.check_dvc_yaml(wt.REPO / "dvc.yaml")
+    assert diff is None, f"dvc.yaml is stale: run `mtwork plan --dvc`\n{diff}"
+
+
+def test_every_rule_belongs_to_exactly_one_dvc_stage(workflow_dir: Path, wt):
+    listed = wt.snakemake(workflow_dir, "--list-rules").stdout.split()
+    in_stages = workflow.rules_in_stages()
+    assert len(in_stages) == len(set(in_stages)), in_stages
+    assert set(listed) - {"all"} - {f"phase_{s.name}" for s in workflow.DVC_STAGES} == set(in_stages)
+    outs = [o for s in workflow.DVC_STAGES for o in s.outs]
+    assert not [(a, b) for a in outs for b in outs if a != b and _under(a, [b])], "overlapping stage outputs"
+    names = [s.name for s in workflow.DVC_STAGES]
+    for i, stage in enumerate(workflow.DVC_STAGES):  # deps are the outputs of earlier stages only
+        earlier = [o for s in workflow.DVC_STAGES[:i] for o in s.outs]
+        assert set(stage.deps) <= set(earlier), (names[i], stage.deps)
+
+
 @pytest.mark.parametrize("variant", ["default", "more_runs"])
-def test_snakemake_and_dvc_plan_the_same_jobs(workflow_dir: Path, variant: str, wt):
-    if variant == "more_runs":  # templating must follow params.yaml, not the values it was written with
+def test_jobs_write_into_their_stage_and_read_earlier_stages(workflow_dir: Path, variant: str, wt):
+    if variant == "more_runs":
         _edit_params(workflow_dir, _with_more_runs)
-    jobs = wt.dry_run(workflow_dir, "results/tables")
-    smk = snakemake_plan(jobs)
-    dvc = dvc_plan(workflow_dir)
-    assert smk == dvc, _diff(smk, dvc)
+    jobs = [j for j in wt.dry_run(workflow_dir, "results/tables") if j.rule != "all"]
+    for stage in workflow.DVC_STAGES:  # each phase target builds exactly the jobs of its rules
+        phase = wt.dry_run(workflow_dir, workflow.stage_target(stage))
+        earlier = {r for s in workflow.DVC_STAGES[: workflow.DVC_STAGES.index(stage)] for r in s.rules}
+        assert {j.rule for j in phase} - {"all", f"phase_{stage.name}"} == set(stage.rules) | (
+            earlier & {j.rule for j in jobs}), stage.name
+    producer = {out: j.rule for j in jobs for out in j.outputs}
+    for job in jobs:
+        stage = _stage_of(job.rule)
+        for out in job.outputs:
+            assert _under(out, stage.outs), (job.rule, out, stage.outs)
+        for path in job.inputs:
+            if path in producer and _stage_of(producer[path]) is not stage:
+                assert _under(path, stage.deps), (job.rule, path, stage.deps)
     params = yaml.safe_load((workflow_dir / "params.yaml").read_text())
-    n_runs = len(params["checkpoints"]["sources"]) * len(params["train"]["seeds"]) * (
-        len(params["train"]["tasks"]) + len(params["train"]["paradigms"]) - 1
-    )
-    rules = [j.rule for j in jobs]
-    n_sources = len(params["checkpoints"]["sources"])
-    assert rules.count("train") == n_runs and rules.count("evaluate") == n_sources
-    evaluate = [j for j in jobs if j.rule == "evaluate"]
-    # one job per source evaluates each of its runs on the source domain and every DG domain
-    assert all(len(j.outputs) == (n_runs // n_sources) * (1 + len(params["data"]["dg_domains"])) for j in evaluate)
-    assert rules.count("generate_synthdrive") == 1 + len(params["data"]["dg_domains"])
     from mtwork.config import resolve
-    from mtwork.plan import embedded_pretrain_sources, plan_vit_runs
+    from mtwork.plan import embedded_pretrain_sources, plan_runs, plan_vit_runs
 
     resolved = resolve(params)
+    rules = [j.rule for j in jobs]
+    n_sources = len(params["checkpoints"]["sources"])
+    assert rules.count("train") == len(plan_runs(resolved)) + len(plan_vit_runs(resolved))
+    assert rules.count("evaluate") == n_sources and rules.count("evaluate_vit") == 1
+    n_runs = len(plan_runs(resolved)) // n_sources
+    for job in (j for j in jobs if j.rule == "evaluate"):  # each of a source's runs, source domain + DG domains
+        assert len(job.outputs) == n_runs * (1 + len(params["data"]["dg_domains"]))
+    assert rules.count("generate_synthdrive") == 1 + len(params["data"]["dg_domains"])
     assert rules.count("pretrain") == len(embedded_pretrain_sources(resolved)) and rules.count("tables") == 1
-    assert rules.count("train_vit") == len(plan_vit_runs(resolved)) > 0 and rules.count("evaluate_vit") == 1
 
 
-def _snakemake_param_keys(wf: Path, monkeypatch) -> Dict[str, List[str]]:
-    """PARAM_KEYS of rules/common.smk (plain Python by design: functions and values, no rules)."""
-    monkeypatch.chdir(wf)
-    namespace = {"config": yaml.safe_load((wf / "params.yaml").read_text()), "ancient": lambda p: p}
-    path = wf / "rules" / "common.smk"
-    exec(compile(path.read_text(), str(path), "exec"), namespace)
-    return namespace["PARAM_KEYS"]
-
-
-def test_each_stage_tracks_the_params_its_rule_tracks(workflow_dir: Path, monkeypatch):
-    from dvc.dependency.param import ParamsDependency
-
-    keys = _snakemake_param_keys(workflow_dir, monkeypatch)
-    for stage in dvc_stages(workflow_dir):
-        base, _, item = stage.name.partition("@")
-        rule = DVC_STAGE_RULE[base]
-        if base == "import_checkpoint_vit":  # one stage, its source from vit.source
-            item = yaml.safe_load((workflow_dir / "params.yaml").read_text())["vit"]["source"]
-        tracked = {k for d in stage.deps if isinstance(d, ParamsDependency) for k in d.params}
-        expected = {k.format(source=item) for k in keys[rule]}
-        assert tracked - {"scale"} == expected, f"{stage.name}: dvc.yaml {sorted(tracked)}, Snakemake {sorted(expected)}"
-        if base != "check_data" and base != "check_data_dg":
-            assert "scale" in tracked, stage.name
-
-
-def test_dvc_vars_match_params(workflow_dir: Path):
-    """dvc.yaml's `vars` spell what templating cannot compute: keep them equal to params.yaml."""
-    dvc = yaml.safe_load((workflow_dir / "dvc.yaml").read_text())
-    params = yaml.safe_load((workflow_dir / "params.yaml").read_text())
-    multitask = next(v["multitask"] for v in dvc["vars"] if isinstance(v, dict) and "multitask" in v)
-    assert multitask["tasks"] == "-".join(params["train"]["tasks"])
-    assert multitask["paradigms"] == [p for p in params["train"]["paradigms"] if p != "single_task"]
-    embedded = next(v["embedded_pretrain"] for v in dvc["vars"] if isinstance(v, dict) and "embedded_pretrain" in v)
+def test_each_stage_tracks_the_keys_its_jobs_read(workflow_dir: Path, wt):
+    """Every key a planned job reads (and every key deciding which jobs exist) is a param of its stage."""
     from mtwork.config import resolve
-    from mtwork.plan import embedded_pretrain_sources
 
-    assert embedded == embedded_pretrain_sources(resolve(params))
-    vit_runs = next(v["vit_runs"] for v in dvc["vars"] if isinstance(v, dict) and "vit_runs" in v)
-    from mtwork.plan import plan_vit_runs
-
-    assert vit_runs == [run.id for run in plan_vit_runs(resolve(params))]
+    params = resolve(yaml.safe_load((workflow_dir / "params.yaml").read_text()))
+    pipeline = yaml.safe_load((workflow_dir / "dvc.yaml").read_text())["stages"]
+    for job in wt.dry_run(workflow_dir, "results/tables"):
+        if job.rule == "all":
+            continue
+        wildcards = dict(kv.split("=", 1) for kv in job.fields.get("wildcards", "").split(", ") if "=" in kv)
+        keys = [k.format(**wildcards) for k in workflow.job_param_keys(params, job.rule, wildcards)]
+        keys += workflow.RULE_PLAN_KEYS[job.rule] + ["scale"]
+        tracked = pipeline[_stage_of(job.rule).name]["params"]
+        assert all(_covered(k, tracked) for k in keys), (job.rule, [k for k in keys if not _covered(k, tracked)])
 
 
 # ---- overrides --------------------------------------------------------------------------------------
@@ -257,7 +200,7 @@ def test_paper_scale_dry_run(workflow_dir: Path, tmp_path: Path, wt):
         f"checkpoints={{catalog: {{supervised_imagenet: {{path: {r50}}}}}}}",
     )
     rules = [j.rule for j in jobs]
-    assert "generate_synthdrive" not in rules and "pretrain" not in rules and "train_vit" not in rules
+    assert "generate_synthdrive" not in rules and "pretrain" not in rules and "evaluate_vit" not in rules
     # no DG domain at paper scale: one metrics file per run, 7 runs per source and seed
     seeds = yaml.safe_load((workflow_dir / "params.yaml").read_text())["train"]["seeds"]
     assert all(len(j.outputs) == 7 * len(seeds) for j in jobs if j.rule == "evaluate")
@@ -323,30 +266,11 @@ def test_snakemake_reruns_exactly_what_a_parameter_reaches(workflow_dir: Path, f
     assert _rules_to_run(wt.dry_run(workflow_dir, "--config", "train__threads=2", env=env)) == set()
 
 
-@pytest.mark.slow  # ~25-50 s: three `dvc repro` of 38 stand-in stages
-def test_dvc_reruns_exactly_what_a_parameter_reaches(workflow_dir: Path, fake_mtwork, wt):
-    small_plan(workflow_dir)
-    env = fake_mtwork.env
-    wt.run(["dvc", "repro"], workflow_dir, env=env, timeout=900)
-    assert (workflow_dir / "results/tables/mtl.md").exists()
-    again = wt.run(["dvc", "repro"], workflow_dir, env=env)
-    assert not re.findall(r"Running stage", again.stdout), again.stdout
-
-    # what `dvc exp run -S train.lr=0.001` does in its temporary copy: edit params.yaml, reproduce
-    _edit_params(workflow_dir, lambda p: p["train"].update(lr=0.001))
-    fake_mtwork.reset()
-    proc = wt.run(["dvc", "repro"], workflow_dir, env=env, timeout=900)
-    ran = {name.split("@")[0] for name in re.findall(r"Running stage '([^']+)'", proc.stdout)}
-    assert ran == {"train", "train_single_task", "evaluate", "evaluate_single_task", "tables"}, proc.stdout
-    assert {call[0] for call in fake_mtwork.calls()} == {"train", "evaluate", "tables"}
-
-
-@pytest.mark.slow  # ~30-60 s: a `dvc repro` and a `dvc exp run` of the stand-in stages in a git repository
-def test_dvc_exp_run_reruns_training_and_not_data(workflow_dir: Path, fake_mtwork, wt):
-    small_plan(workflow_dir)
-    env = fake_mtwork.env
-    config = workflow_dir / ".dvc" / "config"
-    config.write_text(config.read_text().replace("no_scm = true", ""))  # experiments need git
+def _git_repo(wf: Path, wt, env) -> None:
+    """Make the workflow copy a git repository (DVC experiments and clones need one)."""
+    config = wf / ".dvc" / "config"
+    config.write_text(config.read_text().replace("no_scm = true", ""))
+    (wf / ".gitignore").write_text((wt.REPO / ".gitignore").read_text())
     for cmd in (
         ["git", "init", "-q"],
         ["git", "config", "user.name", "mtwork tests"],  # this repository only, never global
@@ -354,16 +278,111 @@ def test_dvc_exp_run_reruns_training_and_not_data(workflow_dir: Path, fake_mtwor
         ["git", "add", "-A"],
         ["git", "commit", "-qm", "workflow"],
     ):
-        wt.run(cmd, workflow_dir, env=env)
-    wt.run(["dvc", "repro"], workflow_dir, env=env, timeout=900)
-    wt.run(["git", "add", "-A"], workflow_dir, env=env)
-    wt.run(["git", "commit", "-qm", "baseline"], workflow_dir, env=env)
+        wt.run(cmd, wf, env=env)
+
+
+def _dvc_changed_stages(wf: Path, wt, env) -> Set[str]:
+    status = json.loads(wt.run(["dvc", "status", "--json"], wf, env=env).stdout or "{}")
+    return set(status)
+
+
+# key edited in params.yaml -> the DVC stages it must make out of date (a stage whose params changed;
+# the stages after it see their deps change only once it has rerun)
+KEY_STAGES = [
+    (("train", "lr"), 1e-4, {"train"}),
+    (("model", "lora", "rank"), 4, {"train"}),
+    (("vit", "troa", "step_size"), 0.2, {"train"}),
+    (("train", "paradigms"), ["single_task", "pretrain_finetune"], {"train", "evaluate", "tables"}),
+    (("checkpoints", "catalog", "moco_v2", "pretrain", "lr"), 0.01, {"checkpoints"}),
+    (("data", "synthdrive", "seed"), 3, {"data"}),
+    (("evaluate", "batch_size"), 4, {"evaluate"}),
+    (("data", "dg_domains"), ["night"], {"data", "train", "evaluate", "tables"}),
+    (("scale",), "paper", {"data", "checkpoints", "train", "evaluate", "tables"}),
+]
+
+
+def _set_key(params, path, value):
+    node = params
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = value
+
+
+@pytest.mark.slow  # ~1-2 min: a stand-in Snakemake run, then `dvc status` per key
+def test_a_finished_snakemake_run_leaves_dvc_clean(workflow_dir: Path, fake_mtwork, wt):
+    small_plan(workflow_dir)
+    env = fake_mtwork.env
+    proc = wt.snakemake(workflow_dir, "--cores", "2", "results/tables", env=env, timeout=900)
+    assert "recorded (dvc status is clean)" in proc.stderr, proc.stderr[-3000:]
+    assert _dvc_changed_stages(workflow_dir, wt, env) == set()
     fake_mtwork.reset()
-    wt.run(["dvc", "exp", "run", "-S", "train.lr=0.001"], workflow_dir, env=env, timeout=900)
-    verbs = {call[0] for call in fake_mtwork.calls()}
-    assert verbs == {"train", "evaluate", "tables"}, fake_mtwork.calls()
+    again = wt.run(["dvc", "repro"], workflow_dir, env=env, timeout=900)
+    assert "Running stage" not in again.stdout and fake_mtwork.calls() == [], again.stdout
+    original = (workflow_dir / "params.yaml").read_text()
+    for path, value, expected in KEY_STAGES:
+        _edit_params(workflow_dir, lambda p: _set_key(p, path, value))
+        assert _dvc_changed_stages(workflow_dir, wt, env) == expected, ".".join(path)
+        (workflow_dir / "params.yaml").write_text(original)
+
+
+@pytest.mark.slow  # ~1-2 min: three `dvc repro` passes through Snakemake with the stand-in mtwork
+def test_dvc_repro_runs_the_pipeline_and_reruns_what_a_parameter_reaches(workflow_dir: Path, fake_mtwork, wt):
+    small_plan(workflow_dir)
+    env = fake_mtwork.env
+    wt.run(["dvc", "repro"], workflow_dir, env=env, timeout=900)
+    assert (workflow_dir / "results/tables/mtl.md").exists()
+    again = wt.run(["dvc", "repro"], workflow_dir, env=env)
+    assert "Running stage" not in again.stdout, again.stdout
+    # what `dvc exp run -S model.lora.rank=4` does in its copy: edit params.yaml, reproduce. No lora
+    # run is planned (small_plan), so DVC reruns the train stage and Snakemake trains nothing.
+    _edit_params(workflow_dir, lambda p: p["model"]["lora"].update(rank=4))
+    fake_mtwork.reset()
+    proc = wt.run(["dvc", "repro"], workflow_dir, env=env, timeout=900)
+    assert re.findall(r"Running stage '([^']+)'", proc.stdout) == ["train"], proc.stdout
+    assert fake_mtwork.calls() == []
+    # a training hyperparameter every run reads: training, evaluation and tables; data untouched
+    _edit_params(workflow_dir, lambda p: p["train"].update(lr=0.001))
+    fake_mtwork.reset()
+    proc = wt.run(["dvc", "repro"], workflow_dir, env=env, timeout=900)
+    assert re.findall(r"Running stage '([^']+)'", proc.stdout) == ["train", "evaluate", "tables"], proc.stdout
+    assert {call[0] for call in fake_mtwork.calls()} == {"train", "evaluate", "tables"}
+
+
+@pytest.mark.slow  # ~1-2 min: `dvc exp run` of the stand-in pipeline in a git repository
+def test_dvc_exp_run_runs_exactly_the_paradigms_asked_for(workflow_dir: Path, fake_mtwork, wt):
+    small_plan(workflow_dir)
+    env = fake_mtwork.env
+    _git_repo(workflow_dir, wt, env)
+    wt.run(["dvc", "exp", "run", "-S", "train.paradigms=[single_task,pretrain_finetune]"], workflow_dir, env=env,
+           timeout=900)
+    trained = [Path(c[c.index("--run") + 1]).name for c in fake_mtwork.calls() if c[0] == "train"]
+    paradigms = {run.split("__")[1] for run in trained if not run.startswith("swin_simmim")}
+    assert paradigms == {"single_task", "pretrain_finetune"}, trained
+    assert (workflow_dir / "results/tables/mtl.md").exists()
     shown = wt.run(["dvc", "exp", "show", "--csv"], workflow_dir, env=env)
-    assert "0.001" in shown.stdout
+    assert "pretrain_finetune" in shown.stdout
+
+
+@pytest.mark.slow  # ~1-2 min: a stand-in run, `dvc push` to a local remote, a clone, `dvc pull`
+def test_dvc_push_and_pull_restore_a_finished_run_in_a_fresh_clone(workflow_dir: Path, fake_mtwork, tmp_path, wt):
+    small_plan(workflow_dir)
+    env = fake_mtwork.env
+    _git_repo(workflow_dir, wt, env)
+    wt.snakemake(workflow_dir, "--cores", "2", "results/tables", env=env, timeout=900)
+    remote = tmp_path / "dvc-remote"
+    wt.run(["dvc", "remote", "add", "-d", "store", str(remote)], workflow_dir, env=env)
+    wt.run(["git", "add", "-A"], workflow_dir, env=env)
+    wt.run(["git", "commit", "-qm", "results"], workflow_dir, env=env)
+    wt.run(["dvc", "push"], workflow_dir, env=env, timeout=600)
+    clone = tmp_path / "clone"
+    wt.run(["git", "clone", "-q", str(workflow_dir), str(clone)], tmp_path, env=env)
+    assert not (clone / "models").exists()
+    wt.run(["dvc", "pull"], clone, env=env, timeout=600)
+    for name in ("results/tables/mtl.md", "models/pretrained/moco_v2.pt", "data/checks/clear_day.json"):
+        assert (clone / name).read_bytes() == (workflow_dir / name).read_bytes(), name
+    out = wt.snakemake(clone, "-n", "results/tables", env=env)
+    assert "Nothing to be done" in out.stdout + out.stderr, out.stdout[-3000:]
+    assert _dvc_changed_stages(clone, wt, env) == set()
 
 
 def test_a_fresh_clone_has_the_whole_chain_to_run(tmp_path: Path, wt):
