@@ -1,4 +1,4 @@
-"""Figures: training curves of every run, and delta_m by checkpoint source and paradigm."""
+"""Figures: training curves of every run, and Δm (with its 95 % interval over seeds) by checkpoint source and paradigm."""
 from __future__ import annotations
 
 import json
@@ -6,8 +6,10 @@ import math
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
+import pandas as pd
+
 from mtwork.io import atomic_path
-from mtwork.report.records import PARADIGM_LABEL, PARADIGM_ORDER, Row
+from mtwork.report.records import DELTA_M, PARADIGM_LABEL, PARADIGM_ORDER, SINGLE_TASK, summarize
 
 
 def _pyplot():
@@ -67,7 +69,8 @@ def plot_training_curves(runs_dir: Path, run_ids: Sequence[str], out_png: Path) 
             ax.axvspan(min(adapt_epochs[key]) - 0.5, max(adapt_epochs[key]) + 0.5, color="tab:blue", alpha=0.08)
         ax.set_title(f"{PARADIGM_LABEL.get(key[0], key[0])}: {key[1]}", fontsize=8)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("train loss")
+        several = any(len(curves) > 1 for curves in panels[key].values())
+        ax.set_ylabel("train loss" + ("\nline: mean, band: min-max over seeds" if several else ""), fontsize=8)
         ax.set_yscale("log")
         ax.legend(fontsize=6)
     for ax in list(axes.flat)[len(keys):]:
@@ -77,40 +80,48 @@ def plot_training_curves(runs_dir: Path, run_ids: Sequence[str], out_png: Path) 
     plt.close(fig)
 
 
-def plot_delta_m(rows: Sequence[Row], out_png: Path, title: str) -> None:
-    """Grouped bars of delta_m (%) per checkpoint source (groups) and multi-task paradigm (bars).
+def plot_delta_m(frame: pd.DataFrame, out_png: Path, title: str) -> None:
+    """Grouped bars of Δm (%) per checkpoint source (groups) and multi-task paradigm (bars).
 
-    Bars are the mean over seeds, error bars the sample standard deviation (none with one seed); a
-    paradigm whose delta_m is undefined for a source (a single-task baseline scored 0) is drawn as
-    an empty slot marked "n/a". Raises ValueError when no row has a multi-task paradigm.
+    ``frame``: the long frame of ``mtwork.report.records.study_frame`` (one domain). Bars are the mean over
+    seeds, error bars the 95 % interval of the mean over seeds (Student t; none with one seed), as the
+    y-axis label says; a paradigm whose Δm is undefined for a source (a single-task baseline scored 0
+    or is missing) is an empty slot marked "n/a". Raises ValueError when no row has a multi-task paradigm.
     """
-    plt = _pyplot()
-    multi = [r for r in rows if r.paradigm != "single_task"]
-    if not multi:
+    summary = summarize(frame[frame["column"] == DELTA_M]).reset_index()
+    multi = summary[summary["paradigm"] != SINGLE_TASK]
+    if multi.empty:
         raise ValueError("no multi-task rows to plot delta_m for")
-    sources = list(dict.fromkeys(r.source for r in multi))
-    paradigms = [p for p in PARADIGM_ORDER[1:] if any(r.paradigm == p for r in multi)]
-    by_key = {(r.source, r.paradigm): r for r in multi}
+    plt = _pyplot()
+    sources = list(dict.fromkeys(multi["source"]))
+    present = set(multi["paradigm"])
+    paradigms = [p for p in PARADIGM_ORDER[1:] if p in present] + sorted(present - set(PARADIGM_ORDER))
+    by_key = {(r["source"], r["paradigm"]): r for r in multi.to_dict("records")}
     width = 0.8 / len(paradigms)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(sources) + 2), 3.6))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(sources) + 2), 3.8))
     for j, paradigm in enumerate(paradigms):
-        xs, means, errs = [], [], []
+        xs, means, low, high = [], [], [], []
         for i, source in enumerate(sources):
             row = by_key.get((source, paradigm))
             x = i - 0.4 + width * (j + 0.5)
             if row is None:
                 continue
-            if row.delta_m is None:
+            if row["undefined"] > 0 or math.isnan(row["mean"]):
                 ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=6, rotation=90)
                 continue
             xs.append(x)
-            means.append(row.delta_m.mean)
-            errs.append(row.delta_m.std or 0.0)
-        ax.bar(xs, means, width=width, yerr=errs, capsize=2, label=PARADIGM_LABEL.get(paradigm, paradigm))
+            means.append(row["mean"])
+            several = row["n"] >= 2  # no interval from one seed
+            low.append(row["mean"] - row["ci_low"] if several else 0.0)
+            high.append(row["ci_high"] - row["mean"] if several else 0.0)
+        ax.bar(xs, means, width=width, yerr=[low, high], capsize=2, label=PARADIGM_LABEL.get(paradigm, paradigm))
     ax.axhline(0.0, color="k", lw=0.8)
     ax.set_xticks(range(len(sources)))
     ax.set_xticklabels(sources, rotation=20)
-    ax.set_ylabel("Δm vs single-task (%)")
+    n = sorted(set(int(v) for v in multi["n"]))
+    seeds = f"n = {n[0]}" if len(n) == 1 else f"n = {n[0]}-{n[-1]}"
+    ax.set_ylabel("Δm vs single-task (%)\n" + ("bars: mean, one seed, no interval" if n[-1] < 2 else
+                                               f"bars: mean, whiskers: 95 % CI over seeds ({seeds})"), fontsize=8)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, ncol=min(4, len(paradigms)))
     fig.tight_layout()

@@ -1,13 +1,16 @@
-"""delta_m against values worked out by hand, and the tables built from metrics records."""
-import csv
-import io
+"""delta_m against values worked out by hand, and its per-seed use in the report's long frame."""
+import math
+import statistics
 
 import pytest
 
 from mtwork.evaluate import delta_m
-from mtwork.report.records import build_rows
-from mtwork.report.tables import render_csv, render_latex, render_markdown, table_cells, caption
+from mtwork.report.layout import build_table
+from mtwork.report.records import summarize
+from mtwork.report.tables import mtl_spec, source1_frame
 from mtwork.train import lr_factor
+
+TASKS = ["semseg", "drivable", "det"]
 
 
 def test_delta_m_hand_computed():
@@ -55,34 +58,31 @@ def _records():
     return out
 
 
-def test_rows_fold_seeds_and_single_task_runs():
-    rows = build_rows(_records(), ["moco_v2"], ["semseg", "drivable", "det"])
-    assert [r.paradigm for r in rows] == ["single_task", "pretrain_finetune", "pretrain_adapt_finetune"]
-    single, ft, adapt = rows
-    assert single.cells[("semseg", "miou")].mean == pytest.approx(41.0)
-    assert single.trainable_params == 300  # three separate single-task models
-    assert single.train_seconds.mean == pytest.approx(30.0)
-    # seed 0: (-10% + 0 - 10%)/3; seed 1: ((38-42)/42 + 0 + (11-12)/12)/3
+def _stat(frame, paradigm, column):
+    return summarize(frame).loc[("moco_v2", "", "semseg-drivable-det", paradigm, column)]
+
+
+def test_frame_folds_seeds_and_single_task_runs():
+    frame = source1_frame(_records(), TASKS)
+    assert set(frame["paradigm"]) == {"single_task", "pretrain_finetune", "pretrain_adapt_finetune"}
+    assert _stat(frame, "single_task", "semseg_miou")["mean"] == pytest.approx(41.0)  # 40 and 42
+    assert _stat(frame, "single_task", "trainable_params")["mean"] == 300  # three separate single-task models
+    assert _stat(frame, "single_task", "train_seconds")["mean"] == pytest.approx(30.0)
+    # seed 0: (-10% + 0 - 10%)/3; seed 1: ((38-42)/42 + 0 + (11-12)/12)/3, each against its own seed's baselines
     expected = [100 * (-0.1 - 0.1) / 3, 100 * ((38 - 42) / 42 + (11 - 12) / 12) / 3]
-    assert ft.delta_m.values == pytest.approx(expected)
-    assert adapt.adapt_trainable_params == 60 and adapt.trainable_params == 160
-
-
-def test_rendered_tables_mark_best_and_second():
-    rows = build_rows(_records(), ["moco_v2"], ["semseg", "drivable", "det"])
-    headers, body = table_cells(rows)
-    md = render_markdown(headers, body, caption("T", rows, [0, 1]))
-    seg_col = headers.index("Seg mIoU")
-    assert body[2][seg_col][1] == "best" and body[0][seg_col][1] == "second"
-    assert "**45.0 ± 1.4**" in md and "<u>41.0 ± 1.4</u>" in md
-    delta_col = headers.index("Δm (%)")
-    assert body[0][delta_col][1] == ""  # single-task rows are the reference, never ranked on delta_m
-    assert {body[1][delta_col][1], body[2][delta_col][1]} == {"best", "second"}
-    assert "moco_v2__single_task__semseg__s0" in md and "Maninis" in md
-    tex = render_latex(headers, body, "cap", "tab:x")
-    assert r"\toprule" in tex and r"\textbf{45.0 $\pm$ 1.4}" in tex and r"\underline{" in tex
-    table = list(csv.DictReader(io.StringIO(render_csv(rows))))
-    assert float(table[2]["semseg_miou_mean"]) == pytest.approx(45.0)
+    lines = frame[(frame["paradigm"] == "pretrain_finetune") & (frame["column"] == "delta_m")].sort_values("seed")
+    assert list(lines["value"]) == pytest.approx(expected)
+    stat = _stat(frame, "pretrain_finetune", "delta_m")
+    assert stat["n"] == 2 and stat["mean"] == pytest.approx(statistics.fmean(expected))
+    assert stat["std"] == pytest.approx(statistics.stdev(expected))
+    # 95 % interval over two seeds: mean ± t(0.975, 1) std / sqrt(2), t(0.975, 1) = 12.706 (t table)
+    half = 12.7062 * statistics.stdev(expected) / math.sqrt(2)
+    assert stat["ci_low"] == pytest.approx(statistics.fmean(expected) - half, rel=1e-4)
+    assert stat["ci_high"] == pytest.approx(statistics.fmean(expected) + half, rel=1e-4)
+    assert _stat(frame, "pretrain_adapt_finetune", "adapt_trainable_params")["mean"] == 60
+    assert _stat(frame, "pretrain_adapt_finetune", "trainable_params")["mean"] == 160
+    # the single-task row is Δm's reference: 0 on every seed with a run of every task
+    assert list(frame[(frame["paradigm"] == "single_task") & (frame["column"] == "delta_m")]["value"]) == [0.0, 0.0]
 
 
 def test_lr_schedule_warmup_then_cosine():
@@ -98,23 +98,27 @@ def test_delta_m_is_undefined_when_a_baseline_scores_zero():
     for rec in records:
         if rec["paradigm"] == "single_task" and rec["tasks"] == ["det"] and rec["seed"] == 1:
             rec["metrics"]["det"]["map"] = 0.0
-    rows = build_rows(records, ["moco_v2"], ["semseg", "drivable", "det"])
-    assert rows[1].delta_m is None and rows[1].delta_m_undefined
-    headers, body = table_cells(rows)
-    assert body[1][headers.index("Δm (%)")][0] == "–"
+    frame = source1_frame(records, TASKS)
+    stat = _stat(frame, "pretrain_finetune", "delta_m")
+    # one seed undefined -> the row's Δm is undefined (a mean over the other seed would mislead)
+    assert stat["undefined"] == 1 and math.isnan(stat["mean"])
+    table = build_table(frame, mtl_spec("T", ["moco_v2"], {}))
+    column = table.headers.index("Δm (%)")
+    assert table.body[1][column][0] == "–"
+    assert "'det' map is 0 for seed 1" in table.notes[1]
 
 
-def test_figures_from_rows_and_logs(tmp_path):
+def test_figures_from_frame_and_logs(tmp_path):
     from PIL import Image
 
     from mtwork.report.figures import plot_delta_m, plot_training_curves
 
-    rows = build_rows(_records(), ["moco_v2"], ["semseg", "drivable", "det"])
+    frame = source1_frame(_records(), TASKS)
     png = tmp_path / "delta_m.png"
-    plot_delta_m(rows, png, "Δm")
+    plot_delta_m(frame, png, "Δm")
     assert Image.open(png).size[0] > 100
     with pytest.raises(ValueError, match="no multi-task rows"):
-        plot_delta_m([r for r in rows if r.paradigm == "single_task"], tmp_path / "none.png", "Δm")
+        plot_delta_m(frame[frame["paradigm"] == "single_task"], tmp_path / "none.png", "Δm")
     assert not (tmp_path / "none.png").exists()
     runs = tmp_path / "runs"
     for rec in _records():

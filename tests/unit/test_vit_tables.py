@@ -120,7 +120,13 @@ def test_files_written(study):
     assert "Maninis" in md and "same checkpoint source and seed" in md
     assert f"{SOURCE}__single_task__semseg__s0" in md  # caption names the baseline runs
     tex = (tmp_path / "tables" / "vit_mtl.tex").read_text()
-    assert r"\textbf{" in tex and r"\underline{" in tex and r"\label{tab:vit_mtl}" in tex
+    assert r"\label{tab:vit_mtl}" in tex
+    # two seeds, every difference within the seed noise: nothing is highlighted, and the table says so
+    assert r"\textbf{" not in tex and r"\underline{" not in tex and r"\dag" not in tex.split(r"\toprule")[1]
+    assert "Signal (n = 2, Welch's t-test at 5 %): no difference exceeds seed noise in any column." in md
+    assert "n = 2 seeds per cell (seeds 0, 1)" in md
+    params_tex = (tmp_path / "tables" / "vit_params.tex").read_text()
+    assert r"\textbf{" in params_tex and r"\underline{" in params_tex
     assert not list((tmp_path / "tables").glob(".*.tmp"))
 
 
@@ -132,49 +138,98 @@ def test_delta_m_and_order(study):
     assert keys == [("S-D", "Single-task"), ("S-D", "VTAGML (TAA+TSN+TROA)"), ("S-D-N-E", "Single-task"),
                     ("S-D-N-E", "Full finetuning"), ("S-D-N-E", "VTAGML (TAA+TSN+TROA)"), ("S-D-N-E", "– TAA")]
     dm = "Δm (%) ↑"
-    # S-D-N-E vtagml: seed 0 (+10 +10 -10 +10)/4 = 5.0 (lower rmse/angle/L1 is a gain), seed 1 (0+0+0-10)/4 = -2.5
+    # S-D-N-E vtagml: seed 0 (+10 +10 -10 +10)/4 = 5.0 (lower rmse/angle/L1 is a gain), seed 1 (0+0+0-10)/4 = -2.5;
+    # mean 1.25, std 5.303, 95 % interval 1.25 ± 12.706 x 5.303 / sqrt(2) = 1.25 ± 47.65
     vt = [5.0, -2.5]
-    assert rows[("S-D-N-E", "VTAGML (TAA+TSN+TROA)")][dm] == f"**{statistics.fmean(vt):.2f} ± {statistics.stdev(vt):.2f}**"
-    assert rows[("S-D-N-E", "VTAGML (TAA+TSN+TROA)")][dm] == "**1.25 ± 5.30**"
-    assert rows[("S-D-N-E", "– TAA")][dm] == "<u>0.00 ± 0.00</u>"
-    assert rows[("S-D-N-E", "Full finetuning")][dm] == "-2.50 ± 0.00"
-    assert rows[("S-D-N-E", "Single-task")][dm] == "0.00 ± 0.00"  # not ranked
+    assert statistics.fmean(vt) == 1.25 and statistics.stdev(vt) == pytest.approx(5.303, abs=1e-3)
+    assert rows[("S-D-N-E", "VTAGML (TAA+TSN+TROA)")][dm] == "1.25 ± 5.30 [-46.40, 48.90]"
+    assert rows[("S-D-N-E", "– TAA")][dm] == "0.00 ± 0.00 [0.00, 0.00]"
+    assert rows[("S-D-N-E", "Full finetuning")][dm] == "-2.50 ± 0.00 [-2.50, -2.50]"
+    assert rows[("S-D-N-E", "Single-task")][dm] == "0 (reference)"  # not ranked
     # S-D vtagml: seed 0 (51-50)/50 and -(3.8-4)/4; seed 1 (53-52)/52 and -(4-4.2)/4.2
     sd = [100 * (1 / 50 + 0.2 / 4) / 2, 100 * (1 / 52 + 0.2 / 4.2) / 2]
-    assert rows[("S-D", "VTAGML (TAA+TSN+TROA)")][dm] == f"**{statistics.fmean(sd):.2f} ± {statistics.stdev(sd):.2f}**"
+    assert rows[("S-D", "VTAGML (TAA+TSN+TROA)")][dm].startswith(f"{statistics.fmean(sd):.2f} ± {statistics.stdev(sd):.2f} [")
     with open(tmp_path / "tables" / "vit_mtl.csv", newline="") as fh:
-        csv_rows = {(r["task_set"], r["paradigm"]): r for r in csv.DictReader(fh)}
-    assert float(csv_rows[("S-D-N-E", "vtagml")]["delta_m_mean"]) == pytest.approx(1.25)
-    assert float(csv_rows[("S-D", "vtagml")]["delta_m_mean"]) == pytest.approx(statistics.fmean(sd), rel=1e-5)
+        csv_rows = {(r["tasks"], r["paradigm"]): r for r in csv.DictReader(fh)}
+    full = "semseg-depth-normals-edges"
+    assert float(csv_rows[(full, "vtagml")]["delta_m_mean"]) == pytest.approx(1.25)
+    assert float(csv_rows[(full, "vtagml")]["delta_m_std"]) == pytest.approx(statistics.stdev(vt))
+    assert float(csv_rows[(full, "vtagml")]["delta_m_ci_low"]) == pytest.approx(1.25 - 12.7062 * statistics.stdev(vt) / 2 ** 0.5, rel=1e-4)
+    assert csv_rows[(full, "vtagml")]["delta_m_n"] == "2" and csv_rows[(full, "vtagml")]["delta_m_mark"] == ""
+    assert float(csv_rows[("semseg-depth", "vtagml")]["delta_m_mean"]) == pytest.approx(statistics.fmean(sd), rel=1e-9)
+    # every numeric metric of the records is in the CSV, not only the table's columns
+    assert float(csv_rows[(full, "vtagml")]["semseg_pixel_acc_mean"]) == 90.0
 
 
-def test_marks_and_missing_tasks(study):
+def test_cells_and_missing_tasks(study):
     tmp_path, metrics_dir, runs_dir = study
     _write(tmp_path, metrics_dir, runs_dir)
     rows = _md_rows(tmp_path / "tables" / "vit_mtl.md")
     full = {k[1]: v for k, v in rows.items() if k[0] == "S-D-N-E"}
     seg, rmse, angle, edge = "Seg mIoU ↑", "Depth RMSE ↓", "Normals mean ° ↓", "Edge L1 ↓"
-    # mIoU (higher): vtagml 53.5 best; single-task and -TAA tie at 51.0, both second; finetune 45.9 unmarked
-    assert full["VTAGML (TAA+TSN+TROA)"][seg] == "**53.5 ± 2.1**"
-    assert full["Single-task"][seg] == full["– TAA"][seg] == "<u>51.0 ± 1.4</u>"
-    assert full["Full finetuning"][seg] == "45.9 ± 1.3"
-    # RMSE (lower): vtagml 3.900 best, 4.100 second, finetune 4.510 last
-    assert full["VTAGML (TAA+TSN+TROA)"][rmse].startswith("**3.900")
-    assert full["Single-task"][rmse].startswith("<u>4.100")
-    assert full["Full finetuning"][rmse] == "4.510 ± 0.156"
-    # normals mean angle (lower): finetune 18.9 best, single/-TAA 21.0 second, vtagml 22.0 unmarked
-    assert full["Full finetuning"][angle].startswith("**18.9")
-    assert full["VTAGML (TAA+TSN+TROA)"][angle] == "22.0 ± 0.0"
-    # edge L1 (lower): finetune/single/-TAA tie at 0.1100 best, vtagml 0.1110 second
-    assert full["Full finetuning"][edge].startswith("**0.1100")
-    assert full["VTAGML (TAA+TSN+TROA)"][edge].startswith("<u>0.1110")
-    # S-D group: ranked separately; normals/edges absent -> "–"
+    # mIoU 55, 52: mean 53.5, std 2.12, interval 53.5 ± 12.706 x 2.121 / 1.414 = ± 19.06
+    assert full["VTAGML (TAA+TSN+TROA)"][seg] == "53.5 ± 2.1 [34.4, 72.6]"
+    assert full["Single-task"][seg] == full["– TAA"][seg] == "51.0 ± 1.4 [38.3, 63.7]"
+    assert full["Full finetuning"][rmse] == "4.510 ± 0.156 [3.112, 5.908]"
+    assert full["VTAGML (TAA+TSN+TROA)"][angle] == "22.0 ± 0.0 [22.0, 22.0]"
+    assert full["VTAGML (TAA+TSN+TROA)"]["Normals <11.25° ↑"] == "18.0 ± 0.0"  # not a primary metric: no interval
+    assert full["Full finetuning"][edge].startswith("0.1100 ± 0.0141 [")
+    # S-D group: normals/edges absent -> "–"
     sd = {k[1]: v for k, v in rows.items() if k[0] == "S-D"}
-    assert sd["VTAGML (TAA+TSN+TROA)"][seg] == "**52.0 ± 1.4**" and sd["Single-task"][seg] == "<u>51.0 ± 1.4</u>"
+    assert sd["VTAGML (TAA+TSN+TROA)"][seg] == "52.0 ± 1.4 [39.3, 64.7]"
     for row in sd.values():
         assert row[angle] == row[edge] == row["Normals <11.25° ↑"] == "–"
     assert full["Single-task"]["Trainable params"] == "40.00 M"  # 4 single-task models summed
     assert full["VTAGML (TAA+TSN+TROA)"]["Trainable params"] == "2.00 M"
+
+
+def test_marks_within_each_task_set(tmp_path):
+    """Three seeds (semseg offsets -1, 0, +1: std 1; a gap above 2.27 exceeds the noise, see
+    test_report_tables); the other metrics are the same for every seed and row."""
+    metrics_dir, runs_dir = tmp_path / "metrics", tmp_path / "runs"
+    metrics_dir.mkdir()
+    runs_dir.mkdir()
+    seg = {("single_task", "SDNE"): 30.0, ("vtagml", "SD"): 60.0, ("full_finetune", "SDNE"): 50.0,
+           ("vtagml", "SDNE"): 40.0}
+    for seed, offset in ((0, -1.0), (1, 0.0), (2, 1.0)):
+        rest = {"depth": 4.0, "normals": 20.0, "edges": 0.1}
+        for task in ALL:
+            _record(metrics_dir, "single_task", [task], seed, {"semseg": 30.0 + offset, **rest}, 1, 1, 1.0, 1)
+        for (paradigm, tset), value in seg.items():
+            if paradigm == "single_task":
+                continue
+            tasks = ALL if tset == "SDNE" else ["semseg", "depth"]
+            run = _record(metrics_dir, paradigm, tasks, seed, {"semseg": value + offset, **rest}, *TRAIN[paradigm])
+            if paradigm == "vtagml":
+                _log(runs_dir, run, tasks, seed)
+    write_vit_tables({"vit": {"source": SOURCE, "tasks": ALL, "seeds": [0, 1, 2]}}, metrics_dir, runs_dir,
+                     tmp_path / "tables", tmp_path / "figures")
+    rows = _md_rows(tmp_path / "tables" / "vit_mtl.md")
+    column = "Seg mIoU ↑"
+    # S-D: 60 is far above the single-task 30: bold; no row below the runner-up, so nothing underlined
+    assert rows[("S-D", "VTAGML (TAA+TSN+TROA)")][column] == "**60.0 ± 1.0 [57.5, 62.5]**"
+    assert rows[("S-D", "Single-task")][column] == "30.0 ± 1.0 [27.5, 32.5]"
+    # S-D-N-E ranked on its own: finetuning's 50 is bold though S-D's 60 is higher; 40 beats 30: underlined
+    assert rows[("S-D-N-E", "Full finetuning")][column] == "**50.0 ± 1.0 [47.5, 52.5]**"
+    assert rows[("S-D-N-E", "VTAGML (TAA+TSN+TROA)")][column] == "<u>40.0 ± 1.0 [37.5, 42.5]</u>"
+    assert rows[("S-D-N-E", "Single-task")][column] == "30.0 ± 1.0 [27.5, 32.5]"
+    md = (tmp_path / "tables" / "vit_mtl.md").read_text()
+    assert "n = 3 seeds per cell (seeds 0, 1, 2)" in md and "within each task set" in md
+    assert "Seg mIoU ↑ (S-D-N-E): Full finetuning is best beyond seed noise, VTAGML (TAA+TSN+TROA) second" in md
+    # depth RMSE is 4.0 in every row and seed: the table says the rows do not differ on it
+    assert "the same value in every row, so the compared models do not differ on: Depth RMSE ↓ (S-D 4.000; S-D-N-E 4.000)" in md
+
+
+def test_one_seed_from_vit_seeds(study):
+    tmp_path, metrics_dir, runs_dir = study
+    write_vit_tables({"vit": {"source": SOURCE, "tasks": ALL, "seeds": [1]}}, metrics_dir, runs_dir,
+                     tmp_path / "tables", tmp_path / "figures")
+    md = (tmp_path / "tables" / "vit_mtl.md").read_text()
+    rows = _md_rows(tmp_path / "tables" / "vit_mtl.md")
+    assert rows[("S-D-N-E", "VTAGML (TAA+TSN+TROA)")]["Δm (%) ↑"] == "-2.50"  # seed 1 only, no std, no interval
+    assert "One seed (n = 1, seed 1): no std, no 95 % interval, nothing highlighted" in md
+    assert "**" not in md and "<u>" not in md
+    assert "__s0" not in md  # seed 0's runs are not vit.seeds
 
 
 def test_params_table(study):
@@ -186,6 +241,7 @@ def test_params_table(study):
     assert single["Total params"] == "120.00 M" and single["Trainable params"] == "40.00 M"
     assert single["Train time / epoch (s)"] == "14.0 ± 0.0"  # 2 + 3 + 4 + 5
     assert single["Adapter ckpt (MB)"] == "4.00 ± 0.00"  # 4 x 10^6 bytes, MB = 10^6 bytes
+    # identical over seeds (std 0): the smallest differs from every other row deterministically -> bold
     assert rows["VTAGML (TAA+TSN+TROA)"]["Adapter ckpt (MB)"] == "<u>2.50 ± 0.00</u>"
     assert rows["– TAA"]["Trainable params"] == "**1.50 M**"
     assert rows["– TAA"]["Adapter ckpt (MB)"] == "**2.00 ± 0.00**"
@@ -194,8 +250,9 @@ def test_params_table(study):
     assert "MB = 10^6 bytes" in (tmp_path / "tables" / "vit_params.md").read_text()
     with open(tmp_path / "tables" / "vit_params.csv", newline="") as fh:
         csv_rows = {r["paradigm"]: r for r in csv.DictReader(fh)}
-    assert int(csv_rows["single_task"]["trainable_params"]) == 40_000_000
-    assert float(csv_rows["vtagml"]["adapter_mb_mean"]) == pytest.approx(2.5)
+    assert float(csv_rows["single_task"]["trainable_params_mean"]) == 40_000_000
+    assert float(csv_rows["vtagml"]["adapter_bytes_mean"]) == 2_500_000
+    assert csv_rows["vtagml_no_taa"]["adapter_bytes_mark"] == "best" and csv_rows["vtagml"]["adapter_bytes_mark"] == "second"
 
 
 def test_figures_skipped_without_vtagml(study):
@@ -239,6 +296,7 @@ def test_latex_has_no_raw_symbols(study):
         tex = (tmp_path / "tables" / f"{stem}.tex").read_text()
         for char in "↑↓°δ<^±–Δ":
             assert char not in tex.replace(r"$^\circ$", ""), (stem, char)
+        assert tex.isascii(), (stem, [c for c in tex if not c.isascii()])
     tex = (tmp_path / "tables" / "vit_mtl.tex").read_text()
     assert r"Depth $\delta$\textless{}1.25 $\uparrow$" in tex and r"Normals mean $^\circ$ $\downarrow$" in tex
     assert tex.count(r"\midrule") == 2  # after the header, and between the S-D and S-D-N-E groups
