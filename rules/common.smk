@@ -120,7 +120,7 @@ PARAM_KEYS = {
     # source 2: everything of the vit block shapes a run but its run lists (those only plan runs)
     "train_vit": [f"vit.{k}" for k in ("source", "epochs", "batch_size", "input_size", "lr", "weight_decay",
                                        "warmup_epochs", "loss_weights", "task_embed_dim", "adapter_reduction", "adapted_blocks",
-                                       "troa")]
+                                       "adapted_block_training", "troa", "troa_global")]
     + ["train.device", "train.amp"],
     "evaluate_vit": ["evaluate", "vit.input_size", "train.device", "train.amp", "data.source_domain"],
 }
