@@ -22,6 +22,10 @@ VIT_TASK_NAMES = ("semseg", "depth", "normals", "edges")
 VIT_PARADIGMS = ("full_finetune", "frozen_multiscale_adapter", "vtagml", "vtagml_no_taa", "vtagml_no_tsn",
                  "vtagml_no_troa", "vtagml_uncertainty", "vtagml_dwa")
 DEVICES = ("auto", "cpu", "cuda")
+# Where source 1's multi-scale adapters sit (mtwork.models.multitask.ADAPTER_PLACEMENTS) and what trains in
+# source 2's adapted blocks (mtwork.methods.vtagml.ADAPTED_BLOCK_TRAINING); tests keep each pair equal.
+ADAPTER_PLACEMENTS = ("outputs", "stages")
+ADAPTED_BLOCK_TRAINING = ("frozen", "full")
 # Checkpoint formats that have an embedded pretraining run (mtwork.pretrain.PRETRAINERS; a test keeps
 # the two equal, without importing torch here).
 EMBEDDED_PRETRAIN_FORMATS = ("byol", "densecl", "dino", "moco", "open_clip", "simclr", "simmim")
@@ -69,6 +73,7 @@ SCHEMA: Dict[str, Any] = {
         "backbone": str,
         "fpn_channels": int,
         "adapter_reduction": int,
+        "adapter_placement": ("choice", ADAPTER_PLACEMENTS),
         "det": {"score_thresh": _num, "nms_iou": _num, "max_detections": int},
         "lv": {"clip_source": str, "num_context": int, "align_weight": _num},
         "lora": {"rank": int, "alpha": _num, "target": str},
@@ -99,7 +104,9 @@ SCHEMA: Dict[str, Any] = {
         "task_embed_dim": int,
         "adapter_reduction": int,
         "adapted_blocks": (list, type(None)),
-        "troa": {"step_size": _num, "every": int, "affinity_momentum": _num},
+        "adapted_block_training": ("choice", ADAPTED_BLOCK_TRAINING),
+        "troa": {"step_size": _num, "every": int},
+        "troa_global": {"step_size": _num, "every": int, "affinity_momentum": _num},
     },
 }
 

@@ -62,7 +62,8 @@ def vit_model_config(params: Mapping[str, Any], run: RunSpec) -> Dict[str, Any]:
     }
     if spec["model"] == "vtagml":
         config["kwargs"].update(task_embed_dim=vit["task_embed_dim"], adapter_reduction=vit["adapter_reduction"],
-                                use_taa=spec["use_taa"], use_tsn=spec["use_tsn"])
+                                use_taa=spec["use_taa"], use_tsn=spec["use_tsn"],
+                                adapted_block_training=vit["adapted_block_training"])
         if vit["adapted_blocks"] is not None:
             config["kwargs"]["adapted_blocks"] = [tuple(b) for b in vit["adapted_blocks"]]
     elif spec["model"] == "multiscale_adapter":
@@ -93,7 +94,7 @@ def backbone_info(config: Mapping[str, Any], checkpoint: str | Path, source: str
 
 
 def _balancer_kwargs(params: Mapping[str, Any], name: str) -> Dict[str, Any]:
-    return dict(params["vit"]["troa"]) if name == "troa" else {}
+    return dict(params["vit"][name]) if name in ("troa", "troa_global") else {}
 
 
 def _dataset(params: Mapping[str, Any], data_root: str | Path, split: str, tasks, train: bool):
@@ -153,6 +154,7 @@ def train_vit_run(params: Mapping[str, Any], run_id: str, data_root: str | Path,
         "model_config": config, "checkpoint": str(checkpoint),
         "total_params": model.count_parameters(trainable_only=False),
         "trainable_params": {"train": model.count_parameters(trainable_only=True)},
+        "parameter_budget": model.parameter_budget(),
         "train_images": len(dataset), "labeled_images": dataset.labeled_counts(), "steps_per_epoch": steps_per_epoch,
         "device": str(device), "torch": torch.__version__, "mtwork": __version__, "epochs": [],
     }
@@ -252,7 +254,9 @@ def evaluate_vit_run(params: Mapping[str, Any], run_dir: str | Path, data_root: 
         "higher_is_better": {t: {m.name: m.higher_is_better for m in task.metrics} for t, task in tasks.items()},
         "train": {"seconds": log["train_seconds"], "seconds_per_epoch": log["seconds_per_epoch"],
                   "trainable_params": log["trainable_params"], "total_params": log["total_params"],
-                  "adapter_bytes": log["adapter_bytes"]},
+                  "adapter_bytes": log["adapter_bytes"],
+                  "adapted_block_training": config["kwargs"].get("adapted_block_training"),
+                  "parameter_budget": log.get("parameter_budget")},
         "val_images": dataset.labeled_counts(), "eval_seconds": time.perf_counter() - t0,
     }
     write_json(out, record)

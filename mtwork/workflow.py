@@ -50,7 +50,8 @@ RULE_PARAM_KEYS: Dict[str, List[str]] = {
 #: vit block that shapes a run but its run lists (those only plan runs).
 VIT_TRAIN_PARAM_KEYS: List[str] = [
     f"vit.{k}" for k in ("source", "epochs", "batch_size", "input_size", "lr", "weight_decay", "warmup_epochs",
-                         "loss_weights", "task_embed_dim", "adapter_reduction", "adapted_blocks", "troa")
+                         "loss_weights", "task_embed_dim", "adapter_reduction", "adapted_blocks",
+                         "adapted_block_training", "troa", "troa_global")
 ] + ["train.device", "train.amp"]
 
 
@@ -68,7 +69,7 @@ def train_run_param_keys(params: Mapping[str, Any], run: "plan.RunSpec") -> List
     if run.paradigm in plan.ADAPT_PARADIGMS:
         keys.append("train.adapt_epochs")
     if run.method in ("multiscale_adapter", "lv_adapter"):
-        keys.append("model.adapter_reduction")
+        keys += ["model.adapter_reduction", "model.adapter_placement"]
     if run.method == "lv_adapter":
         keys.append("model.lv")
     if run.method == "lora":

@@ -14,8 +14,11 @@ Every balancer is a :class:`LossBalancer` (an ``nn.Module``, so ``parameters()``
 * ``dwa`` (dynamic weight average, Liu, Johns & Davison, CVPR 2019): ``w_t = T exp(r_t / tau) /
   sum_s exp(r_s / tau)`` with ``r_t = L_t(e-1) / L_t(e-2)`` from epoch-mean losses and temperature
   ``tau = 2``; ``w_t = 1`` for the first two epochs (no ratio exists yet). ``L = sum_t w_t L_t``.
-* ``troa``: task-relation-optimised affinity (``mtwork.methods.troa``): weights from the agreement of
-  the tasks' gradients on the shared parameters, plus the task-affinity matrix that TAA consumes.
+* ``troa``: task-relation-optimised affinity (``mtwork.methods.troa``): per target task, a weight vector
+  over all tasks from the agreement of the tasks' gradients on the shared parameters; those vectors are
+  the task-affinity matrix that TAA consumes, and their row sums weight the losses.
+* ``troa_global``: mtwork's earlier TROA reading (one global weight vector, a separate symmetric
+  affinity), kept as an ablation.
 
 The interface the training loop uses, the same for all:
 
@@ -24,10 +27,10 @@ The interface the training loop uses, the same for all:
 * ``maybe_update(step, losses, shared_params, all_reduce=None) -> bool``: per-step hook before backward (only TROA does
   work; the others return False).
 * ``end_epoch(epoch_mean_losses: {task: float})``: per-epoch hook (DWA's ratios).
-* ``weights`` (T,): the balancer's own task weights (TROA: on the simplex; DWA: summing to T;
+* ``weights`` (T,): the balancer's own task weights (TROA: on the simplex, the mean over targets; DWA: summing to T;
   uncertainty: ``exp(-s_t)``; equal: ones). ``loss_scales`` (T,): the factor multiplying each ``L_t`` in
   ``weighted_loss``, comparable across balancers (equal weights -> ones).
-* ``affinity`` (T, T), rows source task, columns target task: the identity except for TROA.
+* ``affinity`` (T, T), rows source task, columns target task: the identity except for the TROA balancers.
 * ``history(clear=False)``: JSON-ready records to log (what changed since the last clear).
 """
 from __future__ import annotations
@@ -223,8 +226,15 @@ def _create_troa(task_names: Sequence[str], **kwargs: Any) -> LossBalancer:
     return TROA(task_names, **kwargs)
 
 
+@BALANCERS.register("troa_global")
+def _create_troa_global(task_names: Sequence[str], **kwargs: Any) -> LossBalancer:
+    from mtwork.methods.troa import TROAGlobal
+
+    return TROAGlobal(task_names, **kwargs)
+
+
 def create_balancer(name: str, task_names: Sequence[str], **kwargs: Any) -> LossBalancer:
-    """The balancer registered as ``name`` (``equal``, ``uncertainty``, ``dwa``, ``troa``) for ``task_names``;
+    """The balancer registered as ``name`` (``equal``, ``uncertainty``, ``dwa``, ``troa``, ``troa_global``) for ``task_names``;
     ``kwargs`` are its constructor's explicit options (e.g. ``temperature`` for DWA)."""
     return BALANCERS.create(name, task_names, **kwargs)
 

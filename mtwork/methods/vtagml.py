@@ -9,9 +9,24 @@ the last 4 blocks of stage 3 and both blocks of stage 4) + one Swin decoder and 
 - a bottleneck adapter on the block output, with a skip from the previous adapter (see
   ``VTAGMLAdapterBlock``).
 
-The task embedding of task t is sum_s affinity[t, s] * E[s] over a learned (T, D) table E; the affinity
+The task embedding of target task t is ``e'_t = sum_s affinity[s, t] * E[s]`` over a learned (T, D)
+table E: the affinity-weighted mix of the task embeddings with the weights of t's *column* (the affinity
+is oriented as the paper's figure, rows source, columns target; ``mtwork.methods.troa``). The affinity
 matrix comes from TROA (identity when none is given), which takes per-task gradients with respect to
 ``shared_adapter_parameters()``.
+
+What trains in the adapted blocks (``adapted_block_training``):
+
+- ``frozen`` (mtwork's default; the paper's stated setting of a frozen encoder): only what the adapter
+  blocks add (TAA's A and FiLM maps, TSN's FiLM maps, bottleneck projections, skips); the replaced
+  blocks' pretrained qkv, attention projection, position-bias MLP, logit scale, LayerNorms and MLP stay
+  frozen.
+- ``full`` (as the released code trains them, ``freeze_encoder_layers`` in its ``train_*.py``): every
+  parameter of the replaced blocks is trainable too, plus the patch embedding. The released code also
+  unfreezes the encoder's final LayerNorm, which it applies to the last stage's output; mtwork's
+  decoders read the stage outputs *before* that norm (as timm's ``features_only`` does), so the final
+  norm takes no part in the computation here and stays frozen rather than being counted as trainable
+  while receiving no gradient (2 x C_4 parameters: 2,048 for Swin-V2-B).
 
 One backbone pass per image for all tasks: everything before the first adapted block is
 task-independent and runs once per batch (under ``torch.no_grad`` as it is frozen); only the adapted
@@ -41,6 +56,9 @@ from mtwork.methods.taa import TaskAdaptedAttention
 from mtwork.methods.tsn import TaskScaledNorm
 from mtwork.models.swin import encoder_maps, swin_channels
 from mtwork.models.swin_decoder import SwinDecoder
+
+#: What trains in the adapted blocks (``VTAGMLModel``'s ``adapted_block_training``).
+ADAPTED_BLOCK_TRAINING = ("frozen", "full")
 
 #: Format tag and version of adapter files written by ``save_adapter``.
 ADAPTER_FORMAT = "mtwork-swin-adapter"
@@ -86,8 +104,9 @@ class VTAGMLAdapterBlock(nn.Module):
     non-linearity; the first adapted block has no skip. Across stages the hidden map is resampled by
     ``HiddenSkip``. The adapter is shared by all tasks; the task enters only through TAA and TSN.
 
-    The pretrained block is shared (not copied) and stays frozen: its qkv, proj, position-bias MLP,
-    LayerNorm weights and MLP are those of the encoder. ``use_taa`` / ``use_tsn`` False (ablations) use
+    The pretrained block is shared (not copied): its qkv, proj, position-bias MLP, LayerNorm weights and
+    MLP are those of the encoder, frozen or trained as the owning model's ``adapted_block_training``
+    says (this block does not decide). ``use_taa`` / ``use_tsn`` False (ablations) use
     the pretrained attention / LayerNorms unchanged.
 
     Args:
@@ -244,6 +263,11 @@ class _SwinMultiTaskModel(nn.Module):
     def _config(self) -> Dict[str, Any]:
         return {"kind": self.kind, "tasks": dict(self.tasks), "decoder": dict(self.decoder_settings)}
 
+    def parameter_budget(self) -> Dict[str, int]:
+        """Trainable parameters per ``adapted_block_training`` setting; {} where the setting does not apply
+        (the baselines; ``VTAGMLModel`` overrides)."""
+        return {}
+
     def forward(self, image: torch.Tensor, affinity: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """image (B, 3, H, W) -> {task: (B, C_t, H, W)} predictions at input resolution (raw logits/values)."""
         feats = self.encode(image, affinity)
@@ -334,6 +358,8 @@ class VTAGMLModel(_SwinMultiTaskModel):
         adapter_reduction: bottleneck width r = C // adapter_reduction.
         decoder_dims, decoder_heads, decoder_window, decoder_depth: see ``SwinDecoder``.
         use_taa, use_tsn: ablation switches (off: pretrained attention / LayerNorm, still frozen).
+        adapted_block_training: ``"frozen"`` or ``"full"`` (module docstring): whether the replaced
+            blocks' pretrained parameters and the patch embedding train too.
     """
 
     kind = "vtagml"
@@ -342,7 +368,11 @@ class VTAGMLModel(_SwinMultiTaskModel):
                  adapted_blocks: Optional[Sequence[BlockId]] = None, task_embed_dim: int = 64,
                  adapter_reduction: int = 4, decoder_dims: Optional[Sequence[int]] = None,
                  decoder_heads: Optional[Sequence[int]] = None, decoder_window: Optional[int] = None,
-                 decoder_depth: int = 2, use_taa: bool = True, use_tsn: bool = True):
+                 decoder_depth: int = 2, use_taa: bool = True, use_tsn: bool = True,
+                 adapted_block_training: str = "frozen"):
+        if adapted_block_training not in ADAPTED_BLOCK_TRAINING:
+            raise ValueError(f"adapted_block_training must be one of {list(ADAPTED_BLOCK_TRAINING)}, "
+                             f"got {adapted_block_training!r}")
         super().__init__(encoder, tasks, freeze_encoder=True, decoder_dims=decoder_dims,
                          decoder_heads=decoder_heads, decoder_window=decoder_window, decoder_depth=decoder_depth)
         depths = [len(layer.blocks) for layer in encoder.layers]
@@ -367,9 +397,25 @@ class VTAGMLModel(_SwinMultiTaskModel):
                                      prev_hidden_dim=prev_hidden, use_taa=use_taa, use_tsn=use_tsn)
             self.adapters[self._key(s, b)] = blk
             prev_hidden = blk.hidden_dim
-        # the frozen shared prefix ends just before the first adapted block
+        # the task-independent shared prefix ends just before the first adapted block
         self.first_adapted: BlockId = blocks[0]
+        self.adapted_block_training = adapted_block_training
+        for module in self._full_training_modules():
+            module.requires_grad_(adapted_block_training == "full")
         self.encoder.eval()
+
+    def _full_training_modules(self) -> List[nn.Module]:
+        """The pretrained modules that ``adapted_block_training="full"`` trains: the replaced blocks and
+        the patch embedding (see the module docstring for the final norm)."""
+        return [self.encoder.patch_embed] + [self.encoder.layers[s].blocks[b] for s, b in self.adapted_blocks]
+
+    def parameter_budget(self) -> Dict[str, int]:
+        """Trainable parameters of this model under each ``adapted_block_training`` setting, whichever it
+        was built with: {"frozen": n, "full": n} (shared tensors counted once)."""
+        encoder_ids = {id(p) for p in self.encoder.parameters()}
+        own = sum(p.numel() for p in self.parameters() if id(p) not in encoder_ids)
+        extra = {id(p): p.numel() for m in self._full_training_modules() for p in m.parameters()}
+        return {"frozen": own, "full": own + sum(extra.values())}
 
     @staticmethod
     def _key(stage: int, block: int) -> str:
@@ -378,19 +424,21 @@ class VTAGMLModel(_SwinMultiTaskModel):
     def _config(self) -> Dict[str, Any]:
         return {**super()._config(), "adapted_blocks": [list(b) for b in self.adapted_blocks],
                 "task_embed_dim": self.task_embed_dim, "adapter_reduction": self.adapter_reduction,
-                "use_taa": self.use_taa, "use_tsn": self.use_tsn}
+                "use_taa": self.use_taa, "use_tsn": self.use_tsn,
+                "adapted_block_training": self.adapted_block_training}
 
     def task_embeddings(self, affinity: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """(T, D): row t = sum_s affinity[t, s] * E[s]; affinity (T, T) or None (identity: E itself)."""
+        """(T, D): row t = ``sum_s affinity[s, t] * E[s]`` = ``(affinity^T E)[t]``, target t's column of the
+        affinity (rows source, columns target) mixing the table E; affinity (T, T) or None (E itself)."""
         if affinity is None:
             return self.task_embedding
         t = len(self.task_names)
         if tuple(affinity.shape) != (t, t):
             raise ValueError(f"affinity must be ({t}, {t}) for tasks {self.task_names}, got {tuple(affinity.shape)}")
-        return affinity.to(self.task_embedding) @ self.task_embedding
+        return affinity.to(self.task_embedding).T @ self.task_embedding
 
     def _shared_prefix(self, image: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-        """Frozen, task-independent part: patch embedding up to the first adapted block (run once).
+        """Task-independent part: patch embedding up to the first adapted block (run once).
 
         Returns the token map entering the first adapted block (B, H, W, C) and the (B, C_i, H_i, W_i)
         outputs of the stages completed before it.
@@ -398,7 +446,10 @@ class VTAGMLModel(_SwinMultiTaskModel):
         enc = self.encoder
         s0, b0 = self.first_adapted
         maps: List[torch.Tensor] = []
-        with torch.no_grad():  # frozen: no graph is kept for what no gradient can reach
+        # all frozen: no graph is kept for what no gradient can reach; a trainable patch embedding
+        # ("full") needs the graph through the frozen blocks after it
+        needs_graph = any(p.requires_grad for p in enc.patch_embed.parameters())
+        with torch.set_grad_enabled(needs_graph and torch.is_grad_enabled()):
             x = enc.patch_embed(image)
             for s in range(s0):
                 x = enc.layers[s](x)
@@ -435,11 +486,16 @@ class VTAGMLModel(_SwinMultiTaskModel):
         return {name: self._task_part(x, maps, emb[t]) for t, name in enumerate(self.task_names)}
 
     def shared_adapter_parameters(self) -> List[nn.Parameter]:
-        """Adapter-block parameters shared by all tasks (TAA A and FiLM nets, TSN FiLM nets, adapter
-        projections and skips): what TROA takes per-task gradients of."""
+        """The trainable parameters shared by all tasks, what TROA takes per-task gradients of: the
+        adapter blocks' own (TAA A and FiLM nets, TSN FiLM nets, adapter projections and skips), and with
+        ``adapted_block_training="full"`` also the replaced blocks' pretrained parameters and the patch
+        embedding. Task embeddings and decoders are not shared."""
         params: List[nn.Parameter] = []
         for blk in self.adapters.values():
             params.extend(blk.adapter_parameters())
+        seen = {id(p) for p in params}
+        for module in self._full_training_modules():
+            params.extend(p for p in module.parameters() if p.requires_grad and id(p) not in seen)
         return params
 
 

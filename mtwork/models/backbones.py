@@ -10,7 +10,9 @@ registered in ``BACKBONE_FAMILIES``, anything else is a timm model name:
   (family ``swin``, ``mtwork.models.swin``); its image size is fixed when the model is built for a run.
 
 Every family returns a module whose forward gives 4 maps (B,C_i,H/s_i,W/s_i), strides 4, 8, 16, 32,
-and whose ``feature_info`` answers ``channels()`` and ``reduction()`` as timm's does.
+and whose ``feature_info`` answers ``channels()`` and ``reduction()`` as timm's does, and can be run
+stage by stage with a hook between stages (``forward_stages``: multi-scale adapters placed between the
+stages, ``model.adapter_placement: stages``).
 
 A converted file (written by ``mtwork import-checkpoint``) is a dict
 ``{"arch": str, "state_dict": {feature-extractor keys: tensors}, "provenance": {...}}``.
@@ -23,6 +25,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 import timm
 import torch
+from timm.models._features import FeatureDictNet
 from torch import nn
 
 from mtwork.registry import Registry
@@ -89,6 +92,51 @@ def backbone_channels(model: nn.Module) -> List[int]:
 
 def backbone_strides(model: nn.Module) -> List[int]:
     return list(model.feature_info.reduction())
+
+
+#: ``after_stage(i, map (B,C_i,H_i,W_i)) -> map of the same shape``: the hook between backbone stages.
+StageHook = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+def supports_stage_hooks(backbone: nn.Module) -> bool:
+    """Whether :func:`forward_stages` can run ``backbone`` stage by stage (timm ``features_only`` models
+    built as a module sequence, and mtwork's CLIP and Swin feature models, which define
+    ``forward_stages``)."""
+    return callable(getattr(backbone, "forward_stages", None)) or isinstance(backbone, FeatureDictNet)
+
+
+def forward_stages(backbone: nn.Module, image: torch.Tensor, after_stage: StageHook) -> List[torch.Tensor]:
+    """image (B,3,H,W) -> the 4 maps, where stage i's output is replaced by ``after_stage(i, output)``
+    *before* stage i + 1 consumes it; the returned maps are the hooked ones. With an identity hook this
+    is exactly ``backbone(image)``. Raises ``ValueError`` naming the backbone when it cannot be split.
+    """
+    own = getattr(backbone, "forward_stages", None)
+    if callable(own):
+        return own(image, after_stage)
+    if isinstance(backbone, FeatureDictNet):
+        return _feature_net_stages(backbone, image, after_stage)
+    raise ValueError(
+        f"model.adapter_placement 'stages' needs a backbone that can be run stage by stage; "
+        f"{type(backbone).__name__} cannot (timm features_only module sequences, mtwork's CLIP ResNet "
+        "and Swin-V2 feature models can)"
+    )
+
+
+def _feature_net_stages(net: FeatureDictNet, image: torch.Tensor, after_stage: StageHook) -> List[torch.Tensor]:
+    """timm ``FeatureDictNet``/``FeatureListNet`` (``features_only`` ResNets, ...): its modules in order,
+    the hook applied after each module that timm returns a feature from (as timm's ``_collect``, without
+    gradient checkpointing)."""
+    x = image
+    out: List[torch.Tensor] = []
+    for name, module in net.items():
+        x = module(x)
+        if name in net.return_layers:
+            if isinstance(x, (tuple, list)):
+                raise ValueError(f"adapter placement 'stages': timm module '{name}' returns a "
+                                 f"{type(x).__name__}, not one map")
+            x = after_stage(len(out), x)
+            out.append(x)
+    return out
 
 
 def load_converted(path: str | Path) -> dict:

@@ -166,10 +166,17 @@ class CLIPResNetFeatures(ModifiedResNet):
         self.feature_info = FeatureInfo(channels, [4, 8, 16, 32], [f"layer{i}" for i in range(1, 5)])
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:  # type: ignore[override]
+        return self.forward_stages(x)
+
+    def forward_stages(self, x: torch.Tensor, after_stage=None) -> List[torch.Tensor]:
+        """As ``forward``; ``after_stage(i, map)`` (optional) replaces stage i's output before stage i + 1
+        consumes it (``mtwork.models.backbones.forward_stages``)."""
         x = self.stem(x * self.input_scale.to(x.dtype) + self.input_shift.to(x.dtype))
         out = []
-        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+        for i, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4)):
             x = layer(x)
+            if after_stage is not None:
+                x = after_stage(i, x)
             out.append(x)
         return out
 

@@ -7,6 +7,15 @@ Stages (the pretrain-adapt-finetune paradigm):
   it. Adapters, neck and heads train. This is why adapt epochs are cheaper than finetune epochs.
 - ``finetune``: every parameter is trainable.
 
+Adapter placement (``adapter_placement``, params ``model.adapter_placement``): the multi-scale adapters
+of a method (``multiscale_adapter``, and those inside ``lv_adapter``) sit on the backbone's outputs
+before the neck (``outputs``), or after each backbone stage with the adapted map feeding the next stage
+(``stages``; ``mtwork.methods.multiscale_adapter``). With ``stages`` the backbone runs stage by stage
+(``mtwork.models.backbones.forward_stages``) and, in the adapt stage, *with* autograd: its weights stay
+frozen, but the gradient of an early adapter flows back through the later frozen stages (autograd
+records nothing before the first adapter, whose input needs no gradient). Methods without multi-scale
+adapters (``finetune``, ``lora``) build the same model under either placement.
+
 Language methods (``lv_adapter``): a method module with ``uses_language = True`` also encodes text
 prompts once per forward (``encode_prompts()``), uses them on the backbone maps
 (``adapter(features, text)``) and after the neck hands each head that has a language path its input
@@ -23,10 +32,14 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from mtwork.models.backbones import backbone_channels, backbone_strides, create_backbone, set_batchnorm_eval
+from mtwork.methods.multiscale_adapter import PLACEMENTS, MultiScaleAdapter
+from mtwork.models.backbones import (backbone_channels, backbone_strides, create_backbone, forward_stages,
+                                     set_batchnorm_eval, supports_stage_hooks)
 from mtwork.models.necks import FPN
 
 STAGES = ("adapt", "finetune", "lora")
+#: ``model.adapter_placement`` values (``mtwork.methods.multiscale_adapter``).
+ADAPTER_PLACEMENTS = PLACEMENTS
 #: Key of ``MultiTaskModel`` outputs holding a method's auxiliary loss terms ({name: term}); each term
 #: has ``weight`` and ``loss(batch) -> Tensor | None`` (None: no labeled sample for it in the batch).
 #: Not a task name, so evaluators and ``multitask_loss``' task loop never look at it.
@@ -42,18 +55,38 @@ class MultiTaskModel(nn.Module):
         heads: {task: module called as head(neck_maps, (H, W))}.
         adapter: method module applied to the backbone maps before the neck, or None.
         tasks: optional {task: Task} kept for the training loop (losses, evaluators); not modules.
+        adapter_placement: "outputs" or "stages" (module docstring); "stages" needs a backbone that
+            ``forward_stages`` can split (ValueError naming the backbone otherwise).
     The model starts in stage "finetune".
     """
 
     def __init__(self, backbone: nn.Module, neck: nn.Module, heads: Mapping[str, nn.Module],
-                 adapter: nn.Module | None = None, tasks: Mapping[str, Any] | None = None):
+                 adapter: nn.Module | None = None, tasks: Mapping[str, Any] | None = None,
+                 adapter_placement: str = "outputs"):
         super().__init__()
+        if adapter_placement not in ADAPTER_PLACEMENTS:
+            raise ValueError(f"adapter_placement must be one of {list(ADAPTER_PLACEMENTS)}, got {adapter_placement!r}")
         self.backbone = backbone
         self.adapter = adapter
         self.neck = neck
         self.heads = nn.ModuleDict(dict(heads))
         self.tasks = dict(tasks or {})
         self.stage = "finetune"
+        self.adapter_placement = adapter_placement
+        found = [m for m in adapter.modules() if isinstance(m, MultiScaleAdapter)] if adapter is not None else []
+        if len(found) > 1:
+            raise ValueError(f"method module {type(adapter).__name__} holds {len(found)} multi-scale adapters; "
+                             "the placement can move only one")
+        # The adapters that run between the backbone's stages (None: placement "outputs", or none exist).
+        # A plain reference, not a submodule: they are registered (and saved) once, under the method.
+        stage_adapters: Optional[MultiScaleAdapter] = None
+        if adapter_placement == "stages" and found:
+            if not supports_stage_hooks(backbone):
+                raise ValueError(
+                    f"model.adapter_placement 'stages' with method {type(adapter).__name__} needs a backbone "
+                    f"that can be run stage by stage; {type(backbone).__name__} cannot")
+            stage_adapters = found[0].set_placement("stages")
+        object.__setattr__(self, "_stage_adapters", stage_adapters)
 
     @property
     def backbone_frozen(self) -> bool:
@@ -88,13 +121,19 @@ class MultiTaskModel(nn.Module):
     def uses_language(self) -> bool:
         return bool(getattr(self.adapter, "uses_language", False))
 
-    def forward(self, image: torch.Tensor) -> Dict[str, Any]:
-        """{task: head output}; with a language method also ``AUX_OUTPUTS``: {name: aux loss term}."""
+    def backbone_features(self, image: torch.Tensor) -> list:
+        """The backbone's 4 maps; with placement "stages" already adapted between (and after) its stages."""
+        if self._stage_adapters is not None:
+            # no torch.no_grad even when frozen: adapters inside need gradients through the later stages
+            return forward_stages(self.backbone, image, self._stage_adapters.adapt)
         if self.backbone_frozen:
             with torch.no_grad():
-                features = self.backbone(image)
-        else:
-            features = self.backbone(image)
+                return self.backbone(image)
+        return self.backbone(image)
+
+    def forward(self, image: torch.Tensor) -> Dict[str, Any]:
+        """{task: head output}; with a language method also ``AUX_OUTPUTS``: {name: aux loss term}."""
+        features = self.backbone_features(image)
         input_size = tuple(image.shape[-2:])
         if self.uses_language:
             text = self.adapter.encode_prompts()  # once per forward: shared by every use below
@@ -127,6 +166,7 @@ def build_multitask_model(
     clip_model_name: Optional[str] = None,
     lv_kwargs: Mapping[str, Any] | None = None,
     lora_kwargs: Mapping[str, Any] | None = None,
+    adapter_placement: str = "outputs",
 ) -> MultiTaskModel:
     """Backbone ``arch`` (optionally loaded from a converted ``weights`` file), method ``method``, an
     FPN of width ``fpn_channels`` and one head per task (tasks built with ``task_kwargs[task]``).
@@ -138,7 +178,8 @@ def build_multitask_model(
     ``align_weight``, ``attn_heads``, and ``class_names`` = {task: prompt words per class}, default the
     task's class names); other methods refuse them. ``method="lora"`` injects low-rank updates into
     the backbone's convolutions (``lora_kwargs``: ``rank``, ``alpha``, ``dropout``, ``target``; see
-    mtwork.methods.lora.apply_lora) and trains them in the "lora" stage.
+    mtwork.methods.lora.apply_lora) and trains them in the "lora" stage. ``adapter_placement``: where
+    the method's multi-scale adapters sit, "outputs" or "stages" (``MultiTaskModel``).
     """
     from mtwork.methods import METHODS, create_method
     from mtwork.tasks import FeatureSpec, create_task
@@ -171,7 +212,7 @@ def build_multitask_model(
     if language:
         adapter = _build_language_method(method, channels, adapter_reduction, fpn_channels, task_objs, heads,
                                          text_encoder_checkpoint, clip_model_name, dict(lv_kwargs or {}))
-    return MultiTaskModel(backbone, neck, heads, adapter, task_objs)
+    return MultiTaskModel(backbone, neck, heads, adapter, task_objs, adapter_placement=adapter_placement)
 
 
 def _build_language_method(method, channels, reduction, fpn_channels, task_objs, heads, checkpoint,

@@ -1,6 +1,17 @@
 """Swin-V2 encoders (timm ``SwinTransformerV2``) at paper scale and in miniature.
 
-Paper scale (source 2) is ``swinv2_base_window12_192`` (ImageNet-22K weights when the user has them).
+Paper scale (source 2) is Swin-V2-B, in two documented configurations:
+
+* ``swinv2_base_window12_192``: 192 px, window 12 (timm's ``.ms_in22k`` ImageNet-22K weights);
+* ``swinv2_base_window16_256``: 256 px, window 16 (timm's ``.ms_in1k`` weights), the resolution of the
+  paper's Swin-V2-B. At 256 px the token maps are 64, 32, 16 and 8 wide, so timm clamps the last
+  stage's window to 8 and drops the shift where a window covers the whole map (stages 3 and 4).
+
+Both have depths (2, 2, 18, 2), so the adapted blocks are the same: stage 3 blocks 15-18 and both
+stage-4 blocks (``mtwork.methods.vtagml.default_adapted_blocks``). The input size comes from
+``vit.input_size`` ([192, 192] or [256, 256]). timm's ``swinv2_base_window12to16_192to256`` (ImageNet-22K,
+fine-tuned at 256) is *not* this configuration: it was trained with ``pretrained_window_sizes``
+(12, 12, 12, 6), which changes how the position-bias MLP's inputs are scaled.
 The embedded default uses ``mtwork_swinv2_tiny``: the same timm class with a small configuration that
 keeps the structure the method needs (4 stages; stage 3 has at least 4 blocks so the paper's "last
 four blocks of stage 3 + both blocks of stage 4" can be adapted) and runs on a CPU.
@@ -24,6 +35,8 @@ from torch import nn
 SWIN_CONFIGS: Dict[str, Dict[str, Any]] = {
     # source 2's backbone (timm's registered model of the same name)
     "swinv2_base_window12_192": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=12),
+    # the same at 256 px with window 16 (timm's registered swinv2_base_window16_256)
+    "swinv2_base_window16_256": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=16),
     # embedded default: ~2.7 M parameters; window 4 divides every stage of a 64x112 or 128x224 input
     "mtwork_swinv2_tiny": dict(embed_dim=32, depths=(2, 2, 4, 2), num_heads=(1, 2, 4, 8), window_size=4),
 }
@@ -52,16 +65,22 @@ def swin_channels(model: SwinTransformerV2) -> List[int]:
     return list(info.channels()) if hasattr(info, "channels") else [int(i["num_chs"]) for i in info]
 
 
-def encoder_maps(model: SwinTransformerV2, image: torch.Tensor) -> List[torch.Tensor]:
+def encoder_maps(model: SwinTransformerV2, image: torch.Tensor, after_stage=None) -> List[torch.Tensor]:
     """image (B,3,H,W) -> the 4 stage outputs as (B,C_i,H/s_i,W/s_i), strides 4, 8, 16, 32.
 
     The stage outputs are taken *before* timm's final ``norm`` (which only the classifier uses).
+    ``after_stage(i, map (B,C_i,H_i,W_i))`` (optional) replaces stage i's output before stage i + 1
+    consumes it (``mtwork.models.backbones.forward_stages``).
     """
     x = model.patch_embed(image)  # (B,H/4,W/4,C)
     maps = []
-    for layer in model.layers:
+    for i, layer in enumerate(model.layers):
         x = layer(x)
-        maps.append(x.permute(0, 3, 1, 2).contiguous())
+        m = x.permute(0, 3, 1, 2).contiguous()
+        if after_stage is not None:
+            m = after_stage(i, m)
+            x = m.permute(0, 2, 3, 1)  # back to timm's channels-last for the next stage
+        maps.append(m)
     return maps
 
 
@@ -79,6 +98,10 @@ class SwinV2Features(SwinTransformerV2):
 
     def forward(self, image: torch.Tensor) -> List[torch.Tensor]:  # type: ignore[override]
         return encoder_maps(self, image)
+
+    def forward_stages(self, image: torch.Tensor, after_stage=None) -> List[torch.Tensor]:
+        """``forward`` with a hook between stages (``mtwork.models.backbones.forward_stages``)."""
+        return encoder_maps(self, image, after_stage)
 
 
 def stage_blocks(model: SwinTransformerV2) -> Sequence[Sequence[nn.Module]]:

@@ -1,6 +1,7 @@
 """Figure: a task-affinity matrix (TROA's, ``mtwork.methods.troa``) as an annotated heatmap.
 
-Laid out as source 2's affinity figure: rows are source tasks, columns target tasks, each cell annotated
+Laid out as source 2's affinity figure: rows are source tasks, columns target tasks (TROA's ``A[s, t]``
+is target t's weight on source s, so each column is one target's weight vector), each cell annotated
 with its value to 2 decimals, a colorbar beside. Written atomically (temporary file, then rename).
 """
 from __future__ import annotations
@@ -47,7 +48,7 @@ def plot_affinity(matrix, task_labels: Sequence[str], out_path: str | Path, titl
     ticks = np.arange(len(labels))
     ax.set_xticks(ticks, labels)
     ax.set_yticks(ticks, labels)
-    ax.set_xlabel("target task")
+    ax.set_xlabel("target task (column: its weights over sources)")
     ax.set_ylabel("source task")
     ax.set_title(title)
     for row in range(values.shape[0]):

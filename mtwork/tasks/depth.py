@@ -21,7 +21,10 @@ a mean of per-image or per-batch means), at label size (on-disk frame: predictio
 bilinearly to ``orig_size``):
     rmse     sqrt(mean (pred - gt)^2)             metres, lower is better
     abs_rel  mean |pred - gt| / gt                 lower is better
-    delta1   % of pixels with max(pred/gt, gt/pred) < 1.25   higher is better
+    delta1   % of pixels with max(pred/gt, gt/pred) < 1.25     higher is better
+    delta2   % of pixels with max(pred/gt, gt/pred) < 1.25^2   higher is better
+    delta3   % of pixels with max(pred/gt, gt/pred) < 1.25^3   higher is better
+(the three delta accuracies of Eigen et al. 2014 that depth tables print side by side)
 """
 from __future__ import annotations
 
@@ -35,8 +38,10 @@ from torch import nn
 from mtwork.tasks.base import TASKS, FeatureSpec, Metric, Task
 from mtwork.tasks.segmentation import NORMS, SegmentationHead
 
-#: delta accuracy threshold (ratio) of the delta1 metric.
+#: delta accuracy threshold (ratio) of the delta1 metric; delta2 and delta3 use its square and cube.
 DELTA_THRESHOLD = 1.25
+#: metric name -> ratio threshold of the delta accuracies.
+DELTA_THRESHOLDS = {"delta1": DELTA_THRESHOLD, "delta2": DELTA_THRESHOLD ** 2, "delta3": DELTA_THRESHOLD ** 3}
 LOSSES = ("berhu", "l1")
 
 
@@ -177,9 +182,9 @@ def depth_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "berhu", be
 def depth_error_sums(pred: torch.Tensor, target: torch.Tensor) -> Dict[str, float]:
     """Running sums over the valid pixels (target > 0) of one prediction/label pair, float64.
 
-    pred and target: same shape, metres. Returns {"n", "sq_err", "abs_rel", "delta1"}: the pixel count,
-    sum (p - g)^2, sum |p - g| / g and the number of pixels with max(p/g, g/p) < 1.25 (a zero
-    prediction has an infinite ratio and never counts).
+    pred and target: same shape, metres. Returns {"n", "sq_err", "abs_rel", "delta1", "delta2", "delta3"}:
+    the pixel count, sum (p - g)^2, sum |p - g| / g and the numbers of pixels with max(p/g, g/p) below
+    1.25, 1.25^2 and 1.25^3 (a zero prediction has an infinite ratio and never counts).
     """
     if pred.shape != target.shape:
         raise ValueError(f"depth pred shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
@@ -191,12 +196,12 @@ def depth_error_sums(pred: torch.Tensor, target: torch.Tensor) -> Dict[str, floa
         "n": float(valid.sum()),
         "sq_err": float(((p - g) ** 2).sum()),
         "abs_rel": float(((p - g).abs() / g).sum()),
-        "delta1": float((ratio < DELTA_THRESHOLD).sum()),
+        **{name: float((ratio < limit).sum()) for name, limit in DELTA_THRESHOLDS.items()},
     }
 
 
 class DepthEvaluator:
-    """Accumulates per-pixel sums over the whole evaluated set; ``evaluate()`` -> rmse, abs_rel, delta1.
+    """Accumulates per-pixel sums over the whole evaluated set; ``evaluate()`` -> rmse, abs_rel, delta1..3.
 
     Metrics are NaN when no valid pixel was seen.
     """
@@ -206,7 +211,7 @@ class DepthEvaluator:
         self.reset()
 
     def reset(self) -> None:
-        self.sums = {"n": 0.0, "sq_err": 0.0, "abs_rel": 0.0, "delta1": 0.0}
+        self.sums = {"n": 0.0, "sq_err": 0.0, "abs_rel": 0.0, **{name: 0.0 for name in DELTA_THRESHOLDS}}
 
     @torch.no_grad()
     def process(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> None:
@@ -218,11 +223,11 @@ class DepthEvaluator:
     def evaluate(self) -> Dict[str, float]:
         n = self.sums["n"]
         if n == 0:
-            return {"rmse": math.nan, "abs_rel": math.nan, "delta1": math.nan}
+            return {"rmse": math.nan, "abs_rel": math.nan, **{name: math.nan for name in DELTA_THRESHOLDS}}
         return {
             "rmse": math.sqrt(self.sums["sq_err"] / n),
             "abs_rel": self.sums["abs_rel"] / n,
-            "delta1": 100.0 * self.sums["delta1"] / n,
+            **{name: 100.0 * self.sums[name] / n for name in DELTA_THRESHOLDS},
         }
 
 
@@ -238,6 +243,8 @@ class DepthTask(DenseRegressionTask):
         Metric("rmse", False, "RMSE (m)"),
         Metric("abs_rel", False, "AbsRel"),
         Metric("delta1", True, "delta<1.25 (%)"),
+        Metric("delta2", True, "delta<1.25^2 (%)"),
+        Metric("delta3", True, "delta<1.25^3 (%)"),
     )
     primary_metric = "rmse"
 

@@ -45,6 +45,10 @@ def test_vit_run_trains_saves_only_what_it_trained_and_evaluates(paradigm, vit_p
     if paradigm == "vtagml":  # TROA: on the simplex, moved away from uniform, affinity logged per epoch
         assert sum(weights) == pytest.approx(1.0) and min(weights) > 0 and max(weights) - min(weights) > 1e-4
         assert all(len(e["affinity"]) == 4 and e["balancer_updates"] > 0 for e in log["epochs"])
+        # per-target weight vectors: every column of the affinity (rows source, columns target) sums to 1
+        affinity = torch.tensor(log["balancer_state"]["affinity"])
+        assert torch.allclose(affinity.sum(dim=0), torch.ones(4), atol=1e-5)
+        assert log["parameter_budget"]["frozen"] == log["trainable_params"]["train"] < log["parameter_budget"]["full"]
     saved = torch.load(tmp_path / run / "final.pt", weights_only=True)
     frozen = not paradigm.startswith("full")
     assert any(k.startswith("encoder.") for k in saved["state_dict"]) == (not frozen)
@@ -54,6 +58,22 @@ def test_vit_run_trains_saves_only_what_it_trained_and_evaluates(paradigm, vit_p
     assert set(record["metrics"]) == {"semseg", "depth", "normals", "edges"}
     assert 0 <= record["metrics"]["semseg"]["miou"] <= 100 and record["metrics"]["depth"]["rmse"] > 0
     assert json.loads((tmp_path / "m.json").read_text())["run"] == run
+    assert {"delta1", "delta2", "delta3"} <= set(record["metrics"]["depth"])
+    assert record["train"]["adapted_block_training"] == ("frozen" if paradigm.startswith("vtagml") else None)
+
+
+def test_vit_run_with_fully_trained_adapted_blocks(vit_params, swin_checkpoint, synthdrive_tiny, tmp_path):
+    params = load_params(PARAMS, ["vit.epochs=1", "vit.batch_size=4", "vit.input_size=[64, 96]", "train.threads=1",
+                                  "evaluate.batch_size=4", "vit.adapted_block_training=full"])
+    run = "swin_simmim__vtagml__semseg-depth__s0"
+    log = train_vit_run(params, run, synthdrive_tiny, swin_checkpoint, tmp_path / run)
+    assert log["model_config"]["kwargs"]["adapted_block_training"] == "full"
+    assert log["trainable_params"]["train"] == log["parameter_budget"]["full"] > log["parameter_budget"]["frozen"]
+    saved = torch.load(tmp_path / run / "final.pt", weights_only=True)["state_dict"]
+    assert "encoder.patch_embed.proj.weight" in saved and "encoder.layers.3.blocks.1.mlp.fc1.weight" in saved
+    record = evaluate_vit_run(params, tmp_path / run, synthdrive_tiny, tmp_path / "m.json")
+    assert record["train"]["adapted_block_training"] == "full"
+    assert record["train"]["parameter_budget"] == log["parameter_budget"]
 
 
 def test_adapter_refuses_another_backbone(vit_params, swin_checkpoint, synthdrive_tiny, tmp_path):

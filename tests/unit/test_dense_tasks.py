@@ -98,8 +98,27 @@ def test_depth_metrics_hand_computed_over_two_batches_with_invalid_pixels():
     assert m["abs_rel"] == pytest.approx((0.25 + 0 + 1 + 0.1) / 4)
     # ratios 1.25 (not < 1.25), 1, 2, 1.1 -> 2 of 4
     assert m["delta1"] == pytest.approx(50.0)
+    # < 1.25^2 = 1.5625 and < 1.25^3 = 1.953125: 1.25, 1, 1.1 -> 3 of 4 (2 is above both)
+    assert m["delta2"] == pytest.approx(75.0) and m["delta3"] == pytest.approx(75.0)
     ev.reset()
     assert math.isnan(ev.evaluate()["rmse"])
+
+
+def test_depth_delta_accuracies_at_the_three_thresholds():
+    ev = create_task("depth").evaluator()
+    # pred / gt pairs with ratios max(p/g, g/p): 2.4/2 = 1.2, 3/2 = 1.5, 1/1.9 -> 1.9, 5/2 = 2.5,
+    # 1.5625/1 = 1.5625 (exactly 1.25^2, not below it) and a zero prediction (infinite ratio)
+    pred = torch.tensor([[2.4, 3.0, 1.0], [5.0, 1.5625, 0.0]]).view(1, 1, 2, 3)
+    gt = torch.tensor([[2.0, 2.0, 1.9], [2.0, 1.0, 3.0]]).view(1, 2, 3)
+    ev.process(pred, _batch("depth", gt))
+    m = ev.evaluate()
+    assert m["delta1"] == pytest.approx(100 * 1 / 6)  # 1.2
+    assert m["delta2"] == pytest.approx(100 * 2 / 6)  # 1.2, 1.5 (1.5625 is not < 1.5625)
+    assert m["delta3"] == pytest.approx(100 * 4 / 6)  # 1.2, 1.5, 1.9, 1.5625 (< 1.953125); not 2.5, not 0
+    assert [x.name for x in create_task("depth").metrics] == ["rmse", "abs_rel", "delta1", "delta2", "delta3"]
+    assert all(x.higher_is_better for x in create_task("depth").metrics[2:])
+    ev.reset()
+    assert all(math.isnan(ev.evaluate()[k]) for k in ("delta1", "delta2", "delta3"))
 
 
 def test_depth_evaluator_scores_at_label_size():

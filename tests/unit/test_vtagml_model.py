@@ -76,9 +76,26 @@ def test_output_shapes_and_affinity():
             out = model(image, affinity)
         assert list(out) == list(TASKS)
         assert {k: tuple(v.shape) for k, v in out.items()} == {k: (2, c, *SIZE) for k, c in TASKS.items()}
-    assert torch.allclose(model.task_embeddings(published), published @ model.task_embedding)
+    # rows source, columns target: target t mixes the table with its column, e'_t = sum_s A[s, t] E[s]
+    assert torch.allclose(model.task_embeddings(published), published.T @ model.task_embedding)
     with pytest.raises(ValueError, match="affinity"):
         model(image, torch.eye(3))
+
+
+def test_affinity_orientation_rows_source_columns_target():
+    """Target "normals" (column 2) takes all of its weight from source "semseg" (row 0) and target
+    "semseg" (column 0) from source "edges" (row 3): their embeddings are those sources' table rows."""
+    model = VTAGMLModel(_encoder(), TASKS, task_embed_dim=8, **DEC)
+    table = model.task_embedding.detach()
+    affinity = torch.eye(4)
+    affinity[:, 2] = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    affinity[:, 0] = torch.tensor([0.0, 0.0, 0.0, 1.0])
+    emb = model.task_embeddings(affinity).detach()
+    assert torch.equal(emb[2], table[0]) and torch.equal(emb[0], table[3])
+    assert torch.equal(emb[1], table[1]) and torch.equal(emb[3], table[3])
+    # a column mixing two sources half and half gives the mean of their rows
+    affinity[:, 1] = torch.tensor([0.5, 0.0, 0.0, 0.5])
+    assert torch.allclose(model.task_embeddings(affinity)[1], (table[0] + table[3]) / 2)
 
 
 def test_tasks_differ_only_through_taa_and_tsn():
@@ -195,3 +212,87 @@ def test_swin_decoder_shapes_and_checks():
         dec([maps[0][..., :-1]] + maps[1:])
     with pytest.raises(ValueError, match="divisible"):
         SwinDecoder([32, 64, 128, 256], [(16, 28), (8, 14), (4, 7), (2, 4)], 3, heads=[48, 24, 12, 6])
+
+
+def _swin_v2_block_params(c: int, heads: int) -> int:
+    """Parameters of one timm Swin-V2 block of width C with h heads, by hand:
+    qkv C x 3C (no bias) + q_bias C + v_bias C; logit_scale h; cpb_mlp Linear(2, 512) 2*512 + 512,
+    Linear(512, h, no bias) 512 h; proj C x C + C; norm1, norm2 2C each; mlp C x 4C + 4C, 4C x C + C.
+    = 12 C^2 + 12 C + 513 h + 1536."""
+    return 12 * c * c + 12 * c + 513 * heads + 1536
+
+
+def test_adapted_block_training_full_trains_the_replaced_blocks_and_patch_embedding():
+    frozen = VTAGMLModel(_encoder(), TASKS, task_embed_dim=8, **DEC)
+    full = VTAGMLModel(_encoder(), TASKS, task_embed_dim=8, adapted_block_training="full", **DEC)
+    # tiny Swin (embed 32, depths 2-2-4-2, heads 1-2-4-8): adapted stage-3 blocks are C=128, h=4 (x4),
+    # stage-4 blocks C=256, h=8 (x2); patch embedding Conv2d(3, 32, 4, stride 4) 3*32*16 + 32 plus its
+    # LayerNorm 2*32 = 1632
+    extra = 4 * _swin_v2_block_params(128, 4) + 2 * _swin_v2_block_params(256, 8) + 1632
+    assert extra == 4 * 201732 + 2 * 795144 + 1632 == 2398848
+    n_frozen = frozen.count_parameters(trainable_only=True)
+    assert full.count_parameters(trainable_only=True) == n_frozen + extra
+    assert frozen.parameter_budget() == full.parameter_budget() == {"frozen": n_frozen, "full": n_frozen + extra}
+    assert frozen._config()["adapted_block_training"] == "frozen"
+    assert full._config()["adapted_block_training"] == "full"
+
+    # same weights, same outputs: the setting changes only what trains
+    image = torch.randn(2, 3, *SIZE)
+    full.load_state_dict(frozen.state_dict())
+    with torch.no_grad():
+        a, b = frozen.eval()(image), full.eval()(image)
+    assert all(torch.equal(a[k], b[k]) for k in TASKS)
+
+    full.train()
+    out = full(image)
+    sum(v.square().mean() for v in out.values()).backward()
+    enc = full.encoder
+    trained = [enc.patch_embed.proj.weight, enc.layers[2].blocks[0].attn.qkv.weight, enc.layers[2].blocks[0].mlp.fc1.weight,
+               enc.layers[3].blocks[1].norm2.weight, enc.layers[3].blocks[1].attn.cpb_mlp[0].weight]
+    assert all(p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0 for p in trained)
+    untouched = [enc.layers[0].blocks[0].attn.qkv.weight, enc.layers[1].downsample.reduction.weight, enc.norm.weight]
+    assert all(not p.requires_grad and p.grad is None for p in untouched)
+    # TROA sees the newly trainable shared parameters as well
+    shared_ids = {id(p) for p in full.shared_adapter_parameters()}
+    assert all(id(p) in shared_ids for p in trained)
+    assert len(shared_ids) == len(full.shared_adapter_parameters())
+    with pytest.raises(ValueError, match="adapted_block_training"):
+        VTAGMLModel(_encoder(), TASKS, adapted_block_training="partial")
+
+
+def test_adapter_file_of_full_training_holds_the_trained_blocks(tmp_path):
+    full = VTAGMLModel(_encoder(), TASKS, task_embed_dim=8, adapted_block_training="full", **DEC)
+    path = full.save_adapter(tmp_path / "full.pt", INFO)
+    keys = set(torch.load(path, weights_only=True)["state_dict"])
+    assert "encoder.patch_embed.proj.weight" in keys and "encoder.layers.2.blocks.0.attn.qkv.weight" in keys
+    assert "encoder.layers.0.blocks.0.attn.qkv.weight" not in keys and "encoder.norm.weight" not in keys
+    frozen = VTAGMLModel(_encoder(), TASKS, task_embed_dim=8, **DEC)
+    with pytest.raises(ValueError, match="configured"):
+        frozen.load_adapter(path, INFO)
+
+
+def test_paper_scale_swin_v2_b_256_configuration():
+    """The documented 256 px configuration is timm's registered swinv2_base_window16_256 (same keys and
+    shapes), and VTAGML adapts its stage-3 blocks 15-18 and both stage-4 blocks."""
+    import timm
+
+    from mtwork.models.swin import swin_config
+
+    assert swin_config("swinv2_base_window16_256") == dict(embed_dim=128, depths=(2, 2, 18, 2),
+                                                           num_heads=(4, 8, 16, 32), window_size=16)
+    torch.manual_seed(0)
+    enc = create_swinv2("swinv2_base_window16_256", (256, 256))
+    reference = timm.create_model("swinv2_base_window16_256", pretrained=False, num_classes=0)
+    ours = {k: tuple(v.shape) for k, v in enc.state_dict().items()}
+    assert ours == {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    # token maps 64, 32, 16, 8: windows of 16 except the last stage, clamped by timm to its 8x8 map
+    assert [tuple(layer.blocks[0].attn.window_size) for layer in enc.layers] == [(16, 16)] * 3 + [(8, 8)]
+    model = VTAGMLModel(enc, {"semseg": 5, "depth": 1}, task_embed_dim=8, **DEC)
+    assert model.adapted_blocks == [(2, 14), (2, 15), (2, 16), (2, 17), (3, 0), (3, 1)]
+    assert model.adapters["s2_b14"].taa.A.shape == (16, 256, 256) and model.adapters["s3_b0"].taa.A.shape == (32, 64, 64)
+    budget = model.parameter_budget()
+    # full adds 4 stage-3 blocks (C=512, h=16) + 2 stage-4 blocks (C=1024, h=32) + patch embedding
+    # (Conv2d(3, 128, 4, stride 4) 3*128*16 + 128 and LayerNorm 2*128 = 6528)
+    blocks = 4 * _swin_v2_block_params(512, 16) + 2 * _swin_v2_block_params(1024, 32)
+    assert budget["full"] - budget["frozen"] == blocks + 6528
+    assert budget["frozen"] == model.count_parameters(trainable_only=True)
