@@ -25,7 +25,7 @@ Determinism: image i of (image set, split) draws everything from
 files and changing a count adds or removes images without changing the others. Edge cases come on a
 fixed schedule so that even a tiny generation has them: image indices with i % 20 == 1 are empty
 streets (their det frame has no "labels" key) and i % 8 == 2 have a truck towing a trailer (labelled
-"trailer", a non-evaluated category; 255 in semseg).
+"trailer", an ignore region of truck in the official detection protocol; 255 in semseg).
 
 The whole data set is written into a temporary sibling directory and renamed into place at the end,
 so an interrupted generation never leaves a half-written ROOT.
