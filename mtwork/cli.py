@@ -9,6 +9,7 @@
     mtwork tables             metrics -> results/tables/*.md|.tex|.csv and results/figures/*.png
     mtwork plan               the planned runs; --dvc writes the DVC pipeline generated from the rules
     mtwork record             commit a finished run's outputs to DVC (the Snakefile does it on success)
+    mtwork score              score Scalabel detections / mask PNGs against BDD100K labels (official protocol)
 
 Snakemake rules and DVC stages call these and nothing else. Imports are lazy so ``--help`` is fast.
 """
@@ -45,7 +46,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     syn = _params(args)["data"]["synthdrive"]
     generate_synthdrive(
         args.out,
-        domain=args.domain,
+        **({"domain": args.domain[0]} if len(args.domain) == 1 else {"domains": args.domain}),
         seed=syn["seed"] if args.seed is None else args.seed,
         image_size=tuple(syn["image_size"]),
         counts=syn["counts"],
@@ -226,13 +227,40 @@ def cmd_record(args: argparse.Namespace) -> int:
     return 0
 
 
+def _attribute_option(text: str) -> tuple:
+    """'timeofday=night' or 'weather=rainy,snowy' -> (key, value or [values])."""
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE[,VALUE...], got {text!r}")
+    values = [v.strip() for v in value.split(",")]
+    return key.strip(), values[0] if len(values) == 1 else values
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    import json
+
+    from mtwork.io import write_json
+    from mtwork.score import json_ready, score_det, score_masks
+
+    if args.score_task == "det":
+        result = score_det(args.gt, args.pred, attributes=dict(args.attr) if args.attr else None)
+    else:
+        result = score_masks(args.score_task, args.gt, args.pred)
+    result = json_ready(result)
+    if args.out is not None:
+        write_json(args.out, result)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtwork", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("generate", help="write a SynthDrive domain in the BDD100K layout")
     _add_params(p)
-    p.add_argument("--domain", required=True, help="SynthDrive domain, e.g. clear_day, dusk_fog")
+    p.add_argument("--domain", required=True, action="append",
+                   help="SynthDrive domain, e.g. clear_day, dusk_fog; repeat to write several domains into one root")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--seed", type=int, default=None, help="default: data.synthdrive.seed")
     p.set_defaults(func=cmd_generate)
@@ -322,6 +350,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--if-possible", action="store_true",
                    help="exit 0 when there is nothing to record (no DVC repository, incomplete run)")
     p.set_defaults(func=cmd_record)
+
+    p = sub.add_parser("score", help="score predictions against BDD100K labels as the official toolkit does",
+                       description="Prints a JSON object (percent; null where the toolkit prints '-'). "
+                       "det: Scalabel label and prediction files; drivable / sem_seg: folders of mask PNGs "
+                       "(drivable on-disk ids 0 direct, 1 alternative, 2 background; sem_seg train ids, 255 ignore).")
+    score_sub = p.add_subparsers(dest="score_task", required=True)
+    for task in ("det", "drivable", "sem_seg"):
+        s = score_sub.add_parser(task, help=f"score {task} predictions")
+        what = "Scalabel JSON file" if task == "det" else "folder of <stem>.png masks"
+        s.add_argument("--gt", required=True, type=Path, help=f"ground truth: {what}")
+        s.add_argument("--pred", required=True, type=Path, help=f"predictions: {what}")
+        s.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+        if task == "det":
+            s.add_argument("--attr", action="append", type=_attribute_option, default=[], metavar="KEY=VALUE[,VALUE]",
+                           help="score only ground-truth frames with these attributes, e.g. timeofday=night (repeatable)")
+        s.set_defaults(func=cmd_score)
     return parser
 
 

@@ -5,9 +5,15 @@ same job, every domain-generalization domain (the model is loaded once):
     {"run", "protocol", "domain", "source", "paradigm", "tasks", "seed", "params_hash",
      "metrics": {task: {metric: value}}, "train": {"seconds", "stage_seconds", "trainable_params",
      "total_params"}, "val_images": {task: n}}
+and, for a run with the det task, its detections on those images in Scalabel format (the format
+``bdd100k.eval`` and ``mtwork score det`` read: frames {name, labels [{id, category, box2d {x1, y1, x2,
+y2} inclusive pixel indices of the on-disk image, score}]}, one frame per evaluated image) at
+``predictions_path(out, "det")``: ``<metrics folder>/predictions/<run>.det.scalabel.json`` (a subfolder,
+so that readers of ``<metrics folder>/*.json`` see metrics records only).
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Sequence, Tuple
@@ -16,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from mtwork.io import write_json
+from mtwork.io import atomic_path, write_json
 from mtwork.runtime import autocast, resolve_device, set_threads
 
 # delta_m compares one primary metric per task (named in every table caption).
@@ -51,6 +57,12 @@ def delta_m(
     if not terms:
         raise ValueError("delta_m: no task in common")
     return 100.0 * sum(terms) / len(terms)
+
+
+def predictions_path(metrics_path: str | Path, task: str) -> Path:
+    """Where the predictions of the run whose metrics go to ``metrics_path`` are exported."""
+    metrics_path = Path(metrics_path)
+    return metrics_path.parent / "predictions" / f"{metrics_path.stem}.{task}.scalabel.json"
 
 
 def load_trained_model(run_dir: Path, device: torch.device):
@@ -104,8 +116,9 @@ def _evaluate_on(params, run_dir: Path, model, ckpt, device, protocol: str, doma
         raise ValueError(f"{data_root}: the val split has no images labeled for {', '.join(tasks)}")
     loader = DataLoader(dataset, batch_size=params["evaluate"]["batch_size"], shuffle=False, collate_fn=collate)
     t0 = time.perf_counter()
+    evaluators = {t: task.evaluator() for t, task in tasks.items()}
     metrics = run_evaluators(tasks, loader, model, device, bool(params["train"]["amp"]),
-                             desc=f"evaluate {run_dir.name} on {domain}")
+                             desc=f"evaluate {run_dir.name} on {domain}", evaluators=evaluators)
     log_path = run_dir / "log.json"
     log = _read_json(log_path) if log_path.is_file() else {}
     record = {
@@ -130,19 +143,26 @@ def _evaluate_on(params, run_dir: Path, model, ckpt, device, protocol: str, doma
         "eval_seconds": time.perf_counter() - t0,
     }
     write_json(out, record)
+    for t, evaluator in evaluators.items():
+        if hasattr(evaluator, "scalabel_frames"):
+            with atomic_path(predictions_path(out, t)) as tmp:  # compact: one val split holds ~1e6 boxes
+                tmp.write_text(json.dumps(evaluator.scalabel_frames(), separators=(",", ":")) + "\n")
     summary = "; ".join(f"{t}: " + ", ".join(f"{k} {v:.2f}" for k, v in m.items() if isinstance(v, float) and "/" not in k) for t, m in metrics.items())
     print(f"[mtwork evaluate] {ckpt['run']} ({protocol}, {domain}): {summary}", flush=True)
     return record
 
 
 def run_evaluators(tasks: Mapping[str, Any], loader: DataLoader, forward: Callable[[torch.Tensor], Mapping[str, Any]],
-                   device: torch.device, amp: bool, desc: str) -> Dict[str, Dict[str, float]]:
+                   device: torch.device, amp: bool, desc: str,
+                   evaluators: Mapping[str, Any] | None = None) -> Dict[str, Dict[str, float]]:
     """Every task's evaluator over ``loader``: ``forward(image (B,3,H,W)) -> {task: outputs}``, run without
     gradients (bf16 autocast on GPU when ``amp``); each evaluator sees its task's outputs in float32 for
-    the batches holding a sample labeled for it. Returns {task: {metric: value}}."""
+    the batches holding a sample labeled for it. Returns {task: {metric: value}}. ``evaluators``: use
+    these ({task: evaluator}, e.g. to export their predictions afterwards) instead of new ones."""
     from mtwork.data.batch import batch_to_device
 
-    evaluators = {t: task.evaluator() for t, task in tasks.items()}
+    if evaluators is None:
+        evaluators = {t: task.evaluator() for t, task in tasks.items()}
     for evaluator in evaluators.values():
         evaluator.reset()
     with torch.no_grad():

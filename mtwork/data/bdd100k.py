@@ -8,6 +8,7 @@ Layout under ROOT (real BDD100K, plus SynthDrive's depth extra)::
     images/100k/{train,val}/<name>.jpg          detection + drivable image set (real: 1280x720)
     images/10k/{train,val}/<name>.jpg           segmentation image set (overlaps the 100k set by name)
     labels/det_20/det_{train,val}.json          Scalabel frames (see ``load_det_frames``)
+    labels/attributes/attributes_{train,val}.json  Scalabel frames {name, attributes} (mtwork extra, below)
     labels/drivable/masks/{train,val}/<stem>.png  uint8, on-disk ids 0 direct, 1 alternative, 2 background
     labels/sem_seg/masks/{train,val}/<stem>.png   uint8 Cityscapes train ids 0..18, 255 ignore
     labels/depth/{train,val}/<stem>.png           uint16 z-depth in 1/256 m, 0 = invalid (SynthDrive only)
@@ -37,6 +38,31 @@ Two conventions worth knowing:
 * **Boxes.** Scalabel ``box2d`` is in inclusive pixel indices (x2 is the last covered column; the toolkit
   converts to COCO with ``w = x2 - x1 + 1``). ``load_det_frames`` returns continuous pixel-edge
   coordinates instead (x2 + 1, y2 + 1), so a box scales exactly like the mask it outlines.
+
+Official detection protocol (``bdd100k`` 1.0.1 ``configs/det.toml`` with scalabel's COCO conversion):
+categories are renamed by ``NAME_MAPPING`` (bike -> bicycle, ...); a category of ``DET_CATEGORIES`` is
+an object of that class; a category of ``IGNORED_MAPPING`` ("other person", "other vehicle",
+"trailer") and any box whose label attribute ``crowd`` is true is an **ignore region** of the class
+it maps to (COCO ``iscrowd=1``: a detection of that class lying on it is neither a true nor a false
+positive, and missing it costs nothing); any other category is skipped and counted. The readers
+return ignore regions only when asked (``ignore_regions=True``): the dataset does, for training (where
+FCOS leaves them out of the classification loss, ``mtwork.tasks.fcos``) and evaluation; the data check
+and the caption writer count objects without them.
+
+Domains from frame attributes (``attributes=`` of ``BDD100KDataset``): BDD100K frames carry
+``attributes`` {weather, timeofday, scene} (values in ``ATTRIBUTE_VALUES``). The attributes of an
+image are looked up **by file name** in these frame lists, first found per key wins:
+
+1. ``labels/det_20/det_{train,val}.json`` (every split: an image of the 10k set may sit in the other
+   split of the 100k set; attributes belong to the image, not to a split);
+2. ``labels/attributes/attributes_{train,val}.json``: an mtwork extra, Scalabel frames with ``name``
+   and ``attributes`` only (no labels). SynthDrive writes it for every image it generates, so its
+   segmentation-only images have attributes too; for real BDD100K a user can write one for the 10k
+   images that are not in the 100k set (the official layout has no frame list with their attributes).
+
+So semseg/drivable/depth images get the attributes of the same-named det frame. An image without a
+known value for a filtered key is excluded from the filtered domain and counted
+(``BDD100KDataset.filter_counts["unattributed"]``).
 """
 from __future__ import annotations
 
@@ -45,7 +71,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -72,8 +98,20 @@ DET_CATEGORIES: Tuple[str, ...] = (
 )
 DET_INDEX: Dict[str, int] = {name: i for i, name in enumerate(DET_CATEGORIES)}
 
-#: Categories present in det_20 JSON that the official evaluation leaves out; skipped and counted.
-NON_EVALUATED_CATEGORIES: Tuple[str, ...] = ("other person", "other vehicle", "trailer")
+#: Official ``ignored_mapping``: these categories are ignore regions (COCO iscrowd=1) of the class
+#: they map to, neither scored as that class nor dropped.
+IGNORED_MAPPING: Dict[str, str] = {"other person": "pedestrian", "other vehicle": "car", "trailer": "truck"}
+#: Official ``name_mapping``: older label names, renamed before anything else.
+NAME_MAPPING: Dict[str, str] = {
+    "bike": "bicycle", "caravan": "car", "motor": "motorcycle", "person": "pedestrian", "van": "car",
+}
+
+#: Frame attribute values of BDD100K labels (the domains of the DG protocol).
+ATTRIBUTE_VALUES: Dict[str, Tuple[str, ...]] = {
+    "weather": ("clear", "partly cloudy", "overcast", "rainy", "snowy", "foggy", "undefined"),
+    "timeofday": ("daytime", "night", "dawn/dusk", "undefined"),
+    "scene": ("city street", "highway", "residential", "parking lot", "tunnel", "gas stations", "undefined"),
+}
 
 #: The 19 Cityscapes train-id classes (semseg mask value = index); 255 = ignore.
 SEMSEG_CLASSES: Tuple[str, ...] = (
@@ -154,6 +192,11 @@ def det_json_path(root: str | os.PathLike, split: str) -> Path:
     return Path(root) / "labels" / "det_20" / f"det_{split}.json"
 
 
+def attributes_json_path(root: str | os.PathLike, split: str) -> Path:
+    """The frame list {name, attributes} of a split (mtwork extra, see the module docstring)."""
+    return Path(root) / "labels" / "attributes" / f"attributes_{split}.json"
+
+
 def mask_dir(root: str | os.PathLike, task: str, split: str) -> Path:
     """Directory of per-image PNG labels of a mask task ("semseg", "drivable" or "depth")."""
     sub = {"semseg": ("sem_seg", "masks"), "drivable": ("drivable", "masks"), "depth": ("depth",)}
@@ -220,27 +263,64 @@ class DatasetError(ValueError):
     """Bad data on disk; the message names the file (and key or value) at fault."""
 
 
-#: One evaluated object: (label index 0..9, x1, y1, x2, y2) in pixel-edge coordinates.
-DetBox = Tuple[int, float, float, float, float]
+class DetBox(NamedTuple):
+    """One box of a det frame: class index 0..9 and pixel-edge coordinates (x2 = Scalabel x2 + 1).
 
-
-def parse_det_frames(
-    data: Any,
-    source: str,
-    on_problem: Callable[[str], None],
-    skipped: Optional[Counter] = None,
-) -> Dict[str, List[DetBox]]:
-    """Walk decoded det_20 JSON, reporting each problem through ``on_problem(message)``.
-
-    Shared by ``load_det_frames`` (which raises on the first problem) and the data checker (which
-    collects them all). A frame or label with a problem is left out; the rest are returned.
-    Follows the official toolkit: a frame without "labels" (or with null) is a labeled image with no
-    objects; labels of non-evaluated categories are skipped and counted in ``skipped``.
+    ``ignore``: an ignore region of class ``label`` (an ``IGNORED_MAPPING`` category or a crowd box),
+    not an object to detect (COCO iscrowd=1).
     """
+
+    label: int
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    ignore: bool = False
+
+
+def det_category(category: str) -> Optional[Tuple[int, bool]]:
+    """Official reading of a Scalabel category: (class index 0..9, is an ignore region), or None for a
+    category the detection protocol does not know (``NAME_MAPPING`` first, then the class list, then
+    ``IGNORED_MAPPING``, as the toolkit's ``process_category``)."""
+    name = NAME_MAPPING.get(category, category)
+    if name in DET_INDEX:
+        return DET_INDEX[name], False
+    if name in IGNORED_MAPPING:
+        return DET_INDEX[IGNORED_MAPPING[name]], True
+    return None
+
+
+def _is_crowd(label: Mapping[str, Any]) -> bool:
+    attributes = label.get("attributes")
+    return isinstance(attributes, dict) and bool(attributes.get("crowd", False))
+
+
+def _read_box2d(label: Mapping[str, Any], lwhere: str, on_problem: Callable[[str], None]) -> Optional[Tuple[float, ...]]:
+    """(x1, y1, x2, y2) of a label's box2d as written (inclusive pixel indices), None after a problem."""
+    category = label["category"]
+    box = label.get("box2d")
+    if not isinstance(box, dict):
+        on_problem(f"{lwhere} ({category}): missing key 'box2d'")
+        return None
+    try:
+        values = tuple(float(box[k]) for k in ("x1", "y1", "x2", "y2"))
+    except (KeyError, TypeError, ValueError):
+        on_problem(f"{lwhere} ({category}): box2d needs numeric x1, y1, x2, y2, got {box!r}")
+        return None
+    if not all(np.isfinite(values)):
+        on_problem(f"{lwhere} ({category}): box2d has a non-finite value {box!r}")
+        return None
+    return values
+
+
+def _walk_frames(data: Any, source: str, on_problem: Callable[[str], None]):
+    """Yield (where, name, frame) for every well-formed, not repeated frame of a Scalabel frame list."""
+    if isinstance(data, dict) and isinstance(data.get("frames"), list):
+        data = data["frames"]  # Scalabel's {"frames": [...], "config": ...} form
     if not isinstance(data, list):
         on_problem(f"{source}: expected a JSON list of frames, got {type(data).__name__}")
-        return {}
-    frames: Dict[str, List[DetBox]] = {}
+        return
+    seen = set()
     for f_idx, frame in enumerate(data):
         where = f"{source}: frame {f_idx}"
         if not isinstance(frame, dict) or not isinstance(frame.get("name"), str):
@@ -248,14 +328,45 @@ def parse_det_frames(
             continue
         name = frame["name"]
         where = f"{source}: frame '{name}'"
-        if name in frames:
+        if name in seen:
             on_problem(f"{where}: appears twice")
             continue
-        labels = frame.get("labels")
+        seen.add(name)
+        yield where, name, frame
+
+
+def _frame_labels(frame: Mapping[str, Any], where: str, on_problem: Callable[[str], None]) -> Optional[list]:
+    labels = frame.get("labels")
+    if labels is None:  # no "labels" (or null): a labelled image with no objects
+        return []
+    if not isinstance(labels, list):
+        on_problem(f"{where}: 'labels' must be a list, got {type(labels).__name__}")
+        return None
+    return labels
+
+
+def parse_det_frames(
+    data: Any,
+    source: str,
+    on_problem: Callable[[str], None],
+    skipped: Optional[Counter] = None,
+    ignore_regions: bool = False,
+    ignored: Optional[Counter] = None,
+) -> Dict[str, List[DetBox]]:
+    """Walk decoded det_20 JSON -> {name: [DetBox]}, reporting each problem through ``on_problem``.
+
+    Shared by ``load_det_frames`` (which raises on the first problem), the data checker (which
+    collects them all) and ``mtwork score``. A frame or label with a problem is left out; the rest are
+    returned. Follows the official toolkit (module docstring): a frame without "labels" (or with null)
+    is a labeled image with no objects; categories are renamed by ``NAME_MAPPING``; ignore regions
+    (``IGNORED_MAPPING`` categories, crowd boxes) are returned with ``ignore=True`` only when
+    ``ignore_regions``, and counted in ``ignored`` either way (keyed by the category as written, or
+    "crowd <class>"); unknown categories are skipped and counted in ``skipped``.
+    """
+    frames: Dict[str, List[DetBox]] = {}
+    for where, name, frame in _walk_frames(data, source, on_problem):
+        labels = _frame_labels(frame, where, on_problem)
         if labels is None:
-            labels = []
-        if not isinstance(labels, list):
-            on_problem(f"{where}: 'labels' must be a list, got {type(labels).__name__}")
             continue
         boxes: List[DetBox] = []
         for l_idx, label in enumerate(labels):
@@ -264,51 +375,61 @@ def parse_det_frames(
                 on_problem(f"{lwhere}: missing key 'category' (a string)")
                 continue
             category = label["category"]
-            if category not in DET_INDEX:
+            resolved = det_category(category)
+            if resolved is None:
                 if skipped is not None:
                     skipped[category] += 1
                 continue
-            box = label.get("box2d")
-            if not isinstance(box, dict):
-                on_problem(f"{lwhere} ({category}): missing key 'box2d'")
+            index, ignore = resolved
+            if not ignore and _is_crowd(label):
+                ignore, category = True, f"crowd {DET_CATEGORIES[index]}"
+            box = _read_box2d(label, lwhere, on_problem)
+            if box is None:
                 continue
-            try:
-                x1, y1, x2, y2 = (float(box[k]) for k in ("x1", "y1", "x2", "y2"))
-            except (KeyError, TypeError, ValueError):
-                on_problem(f"{lwhere} ({category}): box2d needs numeric x1, y1, x2, y2, got {box!r}")
+            if ignore and ignored is not None:
+                ignored[category] += 1
+            if ignore and not ignore_regions:
                 continue
-            if not all(np.isfinite((x1, y1, x2, y2))):
-                on_problem(f"{lwhere} ({category}): box2d has a non-finite value {box!r}")
-                continue
+            x1, y1, x2, y2 = box
             # Inclusive pixel indices -> pixel edges (see module docstring).
-            boxes.append((DET_INDEX[category], x1, y1, x2 + 1.0, y2 + 1.0))
+            boxes.append(DetBox(index, x1, y1, x2 + 1.0, y2 + 1.0, ignore))
         frames[name] = boxes
     return frames
 
 
-def load_det_frames(
-    json_path: str | os.PathLike, skipped: Optional[Counter] = None
-) -> Dict[str, List[DetBox]]:
-    """Read a det_20 JSON file -> {image name: [(label 0..9, x1, y1, x2, y2), ...]}.
-
-    Boxes are in pixel-edge coordinates (Scalabel x2 + 1). Frames without "labels" map to an empty
-    list (a det-labeled image with no objects). Non-evaluated categories ("other vehicle", "trailer",
-    ...) are skipped; pass a ``Counter`` as ``skipped`` to count them by category.
-    Raises ``DatasetError`` naming the file for unreadable JSON or a missing/invalid key.
-    """
-    path = Path(json_path)
+def read_json(path: Path, what: str) -> Any:
+    """The decoded JSON of ``path``; ``DatasetError`` naming the file (as ``what``) when it is missing
+    or not JSON."""
     try:
         with open(path, "rb") as handle:
-            data = json.load(handle)
+            return json.load(handle)
     except FileNotFoundError:
-        raise DatasetError(f"{path}: detection label file not found") from None
+        raise DatasetError(f"{path}: {what} not found") from None
     except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise DatasetError(f"{path}: not valid JSON ({err})") from None
 
-    def fail(message: str) -> None:
-        raise DatasetError(message)
 
-    return parse_det_frames(data, str(path), fail, skipped)
+def _raise(message: str) -> None:
+    raise DatasetError(message)
+
+
+def load_det_frames(
+    json_path: str | os.PathLike,
+    skipped: Optional[Counter] = None,
+    ignore_regions: bool = False,
+    ignored: Optional[Counter] = None,
+) -> Dict[str, List[DetBox]]:
+    """Read a det_20 JSON file -> {image name: [DetBox(label 0..9, x1, y1, x2, y2, ignore)]}.
+
+    Boxes are in pixel-edge coordinates (Scalabel x2 + 1). Frames without "labels" map to an empty
+    list (a det-labeled image with no objects). Ignore regions ("other vehicle", "trailer", crowd
+    boxes, ...) are returned only with ``ignore_regions=True``; see ``parse_det_frames`` for
+    ``skipped`` and ``ignored``. Raises ``DatasetError`` naming the file for unreadable JSON or a
+    missing/invalid key.
+    """
+    path = Path(json_path)
+    return parse_det_frames(read_json(path, "detection label file"), str(path), _raise, skipped,
+                            ignore_regions, ignored)
 
 
 def det_frames_to_coco(
@@ -318,7 +439,8 @@ def det_frames_to_coco(
 
     ``image_sizes``: {name: (H, W)} pixels. Images get ids 1..N in sorted name order; categories are
     ids 1..10 in ``DET_CATEGORIES`` order; bbox = [x1, y1, x2 - x1, y2 - y1] from pixel-edge boxes,
-    which equals the toolkit's ``x2 - x1 + 1`` on the original inclusive Scalabel values.
+    which equals the toolkit's ``x2 - x1 + 1`` on the original inclusive Scalabel values; ignore
+    regions get ``iscrowd=1``.
     """
     images, annotations = [], []
     for image_id, name in enumerate(sorted(frames), start=1):
@@ -326,7 +448,8 @@ def det_frames_to_coco(
             raise KeyError(f"det_frames_to_coco: no image size given for '{name}'")
         height, width = image_sizes[name]
         images.append({"id": image_id, "file_name": name, "height": int(height), "width": int(width)})
-        for label, x1, y1, x2, y2 in frames[name]:
+        for box in frames[name]:
+            label, x1, y1, x2, y2 = box[:5]
             w, h = float(x2 - x1), float(y2 - y1)
             annotations.append(
                 {
@@ -335,11 +458,163 @@ def det_frames_to_coco(
                     "category_id": int(label) + 1,
                     "bbox": [float(x1), float(y1), w, h],
                     "area": w * h,
-                    "iscrowd": 0,
+                    "iscrowd": int(bool(box[5]) if len(box) > 5 else 0),
                 }
             )
     categories = [{"id": i + 1, "name": name} for i, name in enumerate(DET_CATEGORIES)]
     return {"images": images, "annotations": annotations, "categories": categories}
+
+
+# ---------------------------------------------------------------------------------------------
+# Scalabel predictions (the format ``bdd100k.eval`` reads)
+# ---------------------------------------------------------------------------------------------
+
+#: One predicted box: class index 0..9, pixel-edge x1, y1, x2, y2 and the score.
+DetPrediction = Tuple[int, float, float, float, float, float]
+
+
+def parse_det_predictions(data: Any, source: str, on_problem: Callable[[str], None]) -> Dict[str, List[DetPrediction]]:
+    """Scalabel prediction frames -> {name: [(label, x1, y1, x2, y2 pixel edges, score)]}.
+
+    As the toolkit converts predictions: categories go through ``det_category`` (so an "other
+    vehicle" prediction is a car prediction, ``NAME_MAPPING`` names are renamed); labels without
+    box2d are skipped. An unknown category or a missing or non-finite score is a problem (the
+    toolkit would fail on it).
+    """
+    frames: Dict[str, List[DetPrediction]] = {}
+    for where, name, frame in _walk_frames(data, source, on_problem):
+        labels = _frame_labels(frame, where, on_problem)
+        if labels is None:
+            continue
+        preds: List[DetPrediction] = []
+        for l_idx, label in enumerate(labels):
+            lwhere = f"{where} label {l_idx}"
+            if not isinstance(label, dict) or not isinstance(label.get("category"), str):
+                on_problem(f"{lwhere}: missing key 'category' (a string)")
+                continue
+            resolved = det_category(label["category"])
+            if resolved is None:
+                known = ", ".join(DET_CATEGORIES + tuple(NAME_MAPPING) + tuple(IGNORED_MAPPING))
+                on_problem(f"{lwhere}: unknown category '{label['category']}' (known: {known})")
+                continue
+            if label.get("box2d") is None:
+                continue
+            score = label.get("score")
+            if isinstance(score, bool) or not isinstance(score, (int, float)) or not np.isfinite(score):
+                on_problem(f"{lwhere} ({label['category']}): 'score' must be a finite number, got {score!r}")
+                continue
+            box = _read_box2d(label, lwhere, on_problem)
+            if box is None:
+                continue
+            x1, y1, x2, y2 = box
+            preds.append((resolved[0], x1, y1, x2 + 1.0, y2 + 1.0, float(score)))
+        frames[name] = preds
+    return frames
+
+
+def det_prediction_frame(name: str, boxes: Any, scores: Any, labels: Any) -> Dict[str, Any]:
+    """One Scalabel prediction frame from pixel-edge boxes (N,4), scores (N,) and class ids (N,).
+
+    box2d is written in Scalabel's inclusive pixel indices (x2 = edge x2 - 1), coordinates rounded to
+    1e-4 px (below float32 resolution at BDD100K's 1280 px); label ids are "0".."N-1" per frame.
+    """
+    out = []
+    for k, ((x1, y1, x2, y2), score, label) in enumerate(zip(np.asarray(boxes, dtype=np.float64).reshape(-1, 4).tolist(),
+                                                            np.asarray(scores, dtype=np.float64).reshape(-1).tolist(),
+                                                            np.asarray(labels).reshape(-1).tolist())):
+        out.append({
+            "id": str(k),
+            "category": DET_CATEGORIES[int(label)],
+            "box2d": {"x1": round(x1, 4), "y1": round(y1, 4), "x2": round(x2 - 1.0, 4), "y2": round(y2 - 1.0, 4)},
+            "score": float(score),
+        })
+    return {"name": name, "labels": out}
+
+
+# ---------------------------------------------------------------------------------------------
+# Frame attributes (domains)
+# ---------------------------------------------------------------------------------------------
+
+#: A validated attribute filter: {attribute key: accepted values}.
+AttributeFilter = Dict[str, FrozenSet[str]]
+
+
+def attribute_filter(attributes: Mapping[str, Any]) -> AttributeFilter:
+    """Validate ``{"timeofday": "daytime", "weather": ["clear", "partly cloudy"]}`` (a value or a list
+    of accepted values per key) -> {key: frozenset(values)}. ValueError naming the key or value."""
+    if not isinstance(attributes, Mapping) or not attributes:
+        raise ValueError(f"attributes must be a non-empty mapping like {{'timeofday': 'daytime'}}, got {attributes!r}")
+    out: AttributeFilter = {}
+    for key, value in attributes.items():
+        if key not in ATTRIBUTE_VALUES:
+            raise ValueError(f"attributes: unknown key '{key}' (known: {', '.join(ATTRIBUTE_VALUES)})")
+        values = [value] if isinstance(value, str) else value
+        if not isinstance(values, (list, tuple, set, frozenset)) or not values:
+            raise ValueError(f"attributes.{key}: expected a value or a non-empty list of values, got {value!r}")
+        for v in values:
+            if v not in ATTRIBUTE_VALUES[key]:
+                known = ", ".join(repr(k) for k in ATTRIBUTE_VALUES[key])
+                raise ValueError(f"attributes.{key}: unknown value {v!r} (known: {known})")
+        out[key] = frozenset(values)
+    return out
+
+
+def match_attributes(frame_attributes: Optional[Mapping[str, str]], filt: AttributeFilter) -> Optional[bool]:
+    """True/False whether a frame's attributes pass ``filt``; None when a filtered key is unknown."""
+    if frame_attributes is None or any(key not in frame_attributes for key in filt):
+        return None
+    return all(frame_attributes[key] in values for key, values in filt.items())
+
+
+def parse_frame_attributes(data: Any, source: str, on_problem: Callable[[str], None]) -> Dict[str, Dict[str, str]]:
+    """{name: {key: value}} of the ``ATTRIBUTE_VALUES`` keys with string values of each frame of a
+    Scalabel frame list (frames without such attributes are left out; values are not checked here:
+    the data check reports unknown ones, and a filter simply does not match them)."""
+    out: Dict[str, Dict[str, str]] = {}
+    for where, name, frame in _walk_frames(data, source, on_problem):
+        attributes = frame.get("attributes")
+        if attributes is None:
+            continue
+        if not isinstance(attributes, dict):
+            on_problem(f"{where}: 'attributes' must be an object, got {type(attributes).__name__}")
+            continue
+        found = {k: v for k, v in attributes.items() if k in ATTRIBUTE_VALUES and isinstance(v, str)}
+        if found:
+            out[name] = found
+    return out
+
+
+def attribute_sources(root: str | os.PathLike) -> List[Path]:
+    """The frame lists attributes are looked up in, in lookup order (module docstring)."""
+    return [det_json_path(root, s) for s in SPLITS] + [attributes_json_path(root, s) for s in SPLITS]
+
+
+def load_frame_attributes(
+    root: str | os.PathLike,
+    loaded: Optional[Mapping[Path, Any]] = None,
+    on_problem: Optional[Callable[[Path, str], None]] = None,
+) -> Dict[str, Dict[str, str]]:
+    """{image name: {key: value}} from every existing file of ``attribute_sources(root)``; for each
+    name and key the first source that has it wins. ``loaded``: {path: decoded JSON} already read
+    (not read again). ``on_problem(path, message)``: default raises ``DatasetError``."""
+    merged: Dict[str, Dict[str, str]] = {}
+    for path in attribute_sources(root):
+        report = _raise if on_problem is None else (lambda message, path=path: on_problem(path, message))
+        if loaded is not None and path in loaded:
+            data = loaded[path]
+        elif path.is_file():
+            try:
+                data = read_json(path, "frame list")
+            except DatasetError as err:
+                report(str(err))
+                continue
+        else:
+            continue
+        for name, attributes in parse_frame_attributes(data, str(path), report).items():
+            entry = merged.setdefault(name, {})
+            for key, value in attributes.items():
+                entry.setdefault(key, value)
+    return merged
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,7 +684,8 @@ def image_size(path: Path) -> Tuple[int, int]:
         raise DatasetError(f"{path}: unreadable or corrupt image ({err})") from None
 
 
-def _valid_semseg(mask: np.ndarray, path: Path) -> np.ndarray:
+def valid_semseg(mask: np.ndarray, path: Path) -> np.ndarray:
+    """A semseg mask read from ``path`` -> uint8 train ids; ``DatasetError`` for ids outside 0..18, 255."""
     ok = (mask < len(SEMSEG_CLASSES)) | (mask == IGNORE_INDEX)
     if not ok.all():
         bad = sorted(int(v) for v in np.unique(mask[~ok]))[:10]
@@ -417,7 +693,8 @@ def _valid_semseg(mask: np.ndarray, path: Path) -> np.ndarray:
     return mask.astype(np.uint8)
 
 
-def _valid_drivable(mask: np.ndarray, path: Path) -> np.ndarray:
+def valid_drivable(mask: np.ndarray, path: Path) -> np.ndarray:
+    """A drivable mask read from ``path`` (on-disk ids) -> training ids; ``DatasetError`` for ids > 2."""
     if mask.max(initial=0) >= len(DRIVABLE_CLASSES):
         bad = sorted(int(v) for v in np.unique(mask[mask >= len(DRIVABLE_CLASSES)]))[:10]
         raise DatasetError(f"{path}: drivable ids {bad} outside the on-disk ids 0..2")
@@ -448,6 +725,15 @@ class BDD100KDataset(torch.utils.data.Dataset):
     labeled iff its mask file exists. Only ``tasks`` are loaded, and images carrying none of them are
     dropped. Order: sorted by file name.
 
+    ``attributes``: a domain as a filter on frame attributes, e.g. ``{"timeofday": "daytime",
+    "weather": ["clear", "partly cloudy"]}`` (a value or a list of accepted values per key of
+    ``ATTRIBUTE_VALUES``). It applies to every task: each image is kept iff the attributes found for
+    its file name (module docstring: det frames of any split, then the attribute frame lists) match;
+    images without a known value for a filtered key are left out. ``filter_counts`` then says
+    {"kept", "other_attributes", "unattributed"} over the images that carry a requested label, and a
+    filter that keeps nothing is a ``DatasetError``. ``attributes_of(index)`` gives an image's
+    attributes ({} when unknown).
+
     Without a transform, ``__getitem__`` returns the raw sample::
 
         image:     (H,W,3) uint8 RGB              name: str            orig_size: (H, W)
@@ -458,7 +744,9 @@ class BDD100KDataset(torch.utils.data.Dataset):
                    camera; (0,0,0) invalid                    (only when "normals" is requested)
         camera:    (4,) float64 intrinsics (fx, fy, u0, v0) px of this image (with "normals")
         edges:     (H,W) float32 Sobel magnitude in [0, 1]   (only when "edges" is requested)
-        det:       {"boxes": (N,4) float32 xyxy pixel edges, "labels": (N,) int64 0..9}
+        det:       {"boxes": (N,4) float32 xyxy pixel edges, "labels": (N,) int64 0..9,
+                    "ignore_boxes": (M,4) float32, "ignore_labels": (M,) int64}: the objects, and
+                   the ignore regions with the class each one ignores (module docstring)
     (a task key is present only when the image carries that label). Normals and edges are derived at
     the on-disk resolution (``mtwork.tasks.dense_labels``); transforms then resize, crop and flip them
     like the other labels (a flip negates the normals' x component), which is exact for normals since
@@ -472,6 +760,7 @@ class BDD100KDataset(torch.utils.data.Dataset):
         split: str,
         tasks: Sequence[str] = ("semseg", "drivable", "det"),
         transform: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None,
+        attributes: Optional[Mapping[str, Any]] = None,
     ):
         self.root = Path(root)
         self.split = split
@@ -480,6 +769,7 @@ class BDD100KDataset(torch.utils.data.Dataset):
             raise ValueError(f"tasks {list(tasks)!r}: each must be one of {', '.join(TASKS)}")
         self.tasks = tuple(tasks)
         self.transform = transform
+        self.attribute_filter = None if attributes is None else attribute_filter(attributes)
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: dataset root not found")
 
@@ -493,8 +783,13 @@ class BDD100KDataset(torch.utils.data.Dataset):
 
         entries = {name: _Entry(name, path) for name, path in images.items()}
         self.skipped_categories: Counter = Counter()
+        self.ignore_regions: Counter = Counter()
+        loaded: Dict[Path, Any] = {}
         if "det" in self.tasks:
-            frames = load_det_frames(det_json_path(self.root, split), self.skipped_categories)
+            json_path = det_json_path(self.root, split)
+            loaded[json_path] = read_json(json_path, "detection label file")
+            frames = parse_det_frames(loaded[json_path], str(json_path), _raise, self.skipped_categories,
+                                      ignore_regions=True, ignored=self.ignore_regions)
             for name, boxes in frames.items():
                 if name in entries:
                     entries[name].det = boxes
@@ -518,7 +813,37 @@ class BDD100KDataset(torch.utils.data.Dataset):
             for n in sorted(entries)
             if any(getattr(entries[n], t) is not None for t in self.tasks)
         ]
+        # attributes are read only for a filter: the det_20 files of real BDD100K are large
+        self._attributes: Dict[str, Dict[str, str]] = {}
+        self.filter_counts: Dict[str, int] = {"kept": len(self._entries), "other_attributes": 0, "unattributed": 0}
+        if self.attribute_filter is not None:
+            self._apply_filter(loaded)
         self.names: List[str] = [e.name for e in self._entries]
+
+    def _apply_filter(self, loaded: Mapping[Path, Any]) -> None:
+        self._attributes = load_frame_attributes(self.root, loaded)
+        kept = []
+        for entry in self._entries:
+            verdict = match_attributes(self._attributes.get(entry.name), self.attribute_filter)
+            if verdict is None:
+                self.filter_counts["unattributed"] += 1
+            elif not verdict:
+                self.filter_counts["other_attributes"] += 1
+            else:
+                kept.append(entry)
+        self.filter_counts["kept"] = len(kept)
+        self._entries = kept
+        if not kept:
+            wanted = {k: sorted(v) for k, v in self.attribute_filter.items()}
+            raise DatasetError(
+                f"{self.root} ({self.split}): no image with a {'/'.join(self.tasks)} label matches the attributes "
+                f"{wanted} ({self.filter_counts['other_attributes']} with other values, "
+                f"{self.filter_counts['unattributed']} without known attributes)"
+            )
+
+    def attributes_of(self, index: int) -> Dict[str, str]:
+        """The frame attributes of image ``index`` ({} when unknown or when no filter was given)."""
+        return dict(self._attributes.get(self._entries[index].name, {}))
 
     def _attach_cameras(self, entries: Dict[str, _Entry]) -> None:
         """Normals need depth + camera: an image with a depth PNG must have its camera file."""
@@ -553,7 +878,8 @@ class BDD100KDataset(torch.utils.data.Dataset):
         return image_size(self._entries[index].image)
 
     def det_frames(self) -> Dict[str, List[DetBox]]:
-        """{name: boxes} of the det-labeled images in this dataset (pixel-edge boxes)."""
+        """{name: boxes} of the det-labeled images in this dataset (pixel-edge boxes, ignore regions
+        flagged)."""
         return {e.name: list(e.det) for e in self._entries if e.det is not None}
 
     def coco_ground_truth(self) -> Dict[str, Any]:
@@ -568,9 +894,9 @@ class BDD100KDataset(torch.utils.data.Dataset):
         size = image.shape[:2]
         sample: Dict[str, Any] = {"image": image, "name": entry.name, "orig_size": tuple(size)}
         if "semseg" in self.tasks and entry.semseg is not None:
-            sample["semseg"] = _valid_semseg(self._mask(entry.semseg, size), entry.semseg)
+            sample["semseg"] = valid_semseg(self._mask(entry.semseg, size), entry.semseg)
         if "drivable" in self.tasks and entry.drivable is not None:
-            sample["drivable"] = _valid_drivable(self._mask(entry.drivable, size), entry.drivable)
+            sample["drivable"] = valid_drivable(self._mask(entry.drivable, size), entry.drivable)
         depth = None
         if ("depth" in self.tasks and entry.depth is not None) or entry.normals is not None:
             # normals need the depth file even when the depth task itself is not requested
@@ -591,10 +917,13 @@ class BDD100KDataset(torch.utils.data.Dataset):
 
             sample["edges"] = sobel_edges(image)
         if "det" in self.tasks and entry.det is not None:
-            det = np.asarray(entry.det, dtype=np.float64).reshape(-1, 5)
+            det = np.asarray(entry.det, dtype=np.float64).reshape(-1, 6)
+            ignore = det[:, 5] > 0
             sample["det"] = {
-                "boxes": det[:, 1:].astype(np.float32),
-                "labels": det[:, 0].astype(np.int64),
+                "boxes": det[~ignore, 1:5].astype(np.float32),
+                "labels": det[~ignore, 0].astype(np.int64),
+                "ignore_boxes": det[ignore, 1:5].astype(np.float32),
+                "ignore_labels": det[ignore, 0].astype(np.int64),
             }
         return sample
 

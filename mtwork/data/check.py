@@ -1,9 +1,10 @@
 """Validate a BDD100K-layout data set (real or SynthDrive) before anyone spends GPU hours on it.
 
 ``check_bdd100k`` reads every image, mask and det frame once and reports counts (images per split
-and image set, labels per task, objects per class, skipped non-evaluated categories, pixels per
-segmentation and drivable class) and every problem found, each naming its file. It never raises on
-bad data: a broken file is a problem in the report, and the check goes on.
+and image set, labels per task, objects per class, ignore regions of the official protocol, skipped
+unknown categories, frame attribute values (the domains), pixels per segmentation and drivable class)
+and every problem found, each naming its file. It never raises on bad data: a broken file is a
+problem in the report, and the check goes on.
 
 Box tolerance: a box may stick out of its image by up to ``BOX_TOLERANCE`` px (rounding in the
 annotation tool) before it counts as out-of-image.
@@ -23,6 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from mtwork.data.bdd100k import (
+    ATTRIBUTE_VALUES,
     DET_CATEGORIES,
     DRIVABLE_CLASSES,
     IMAGE_SETS,
@@ -32,6 +34,7 @@ from mtwork.data.bdd100k import (
     image_dir,
     list_images,
     list_masks,
+    load_frame_attributes,
     mask_dir,
     parse_det_frames,
 )
@@ -52,6 +55,9 @@ INVALID_JSON = "invalid_json"  # unreadable det JSON or a frame/label with a mis
 FRAME_WITHOUT_IMAGE = "frame_without_image"
 MASK_WITHOUT_IMAGE = "mask_without_image"
 BAD_BOX = "bad_box"  # degenerate or out-of-image box
+UNKNOWN_ATTRIBUTE = "unknown_attribute"  # a frame attribute value outside ATTRIBUTE_VALUES
+#: Key of the attribute count of images without a known value.
+NO_ATTRIBUTE = "(none)"
 
 
 @dataclass(frozen=True)
@@ -70,7 +76,10 @@ class CheckReport:
 
     images: {split: {"100k": n, "10k": n, "total": n (union by name)}}
     labeled: {split: {"det", "semseg", "drivable", "depth", "all_three": n images}}
-    objects / skipped_categories: {split: {category: n boxes}}
+    objects / skipped_categories: {split: {category: n boxes}} (objects: evaluated; skipped: unknown)
+    ignore_regions: {split: {category as written, or "crowd <class>": n boxes}}
+    attributes: {split: {"weather"|"timeofday"|"scene": {value or "(none)": n images}}} over the
+        split's images (both sets), looked up by name as ``BDD100KDataset`` does
     semseg_pixels: {split: {class name or "ignore": n}}; drivable_pixels: {split: {class: n}}
     """
 
@@ -80,6 +89,8 @@ class CheckReport:
     labeled: Dict[str, Dict[str, int]] = field(default_factory=dict)
     objects: Dict[str, Dict[str, int]] = field(default_factory=dict)
     skipped_categories: Dict[str, Dict[str, int]] = field(default_factory=dict)
+    ignore_regions: Dict[str, Dict[str, int]] = field(default_factory=dict)
+    attributes: Dict[str, Dict[str, Dict[str, int]]] = field(default_factory=dict)
     semseg_pixels: Dict[str, Dict[str, int]] = field(default_factory=dict)
     drivable_pixels: Dict[str, Dict[str, int]] = field(default_factory=dict)
     problems: List[Problem] = field(default_factory=list)
@@ -100,6 +111,8 @@ class CheckReport:
             "labeled": self.labeled,
             "objects": self.objects,
             "skipped_categories": self.skipped_categories,
+            "ignore_regions": self.ignore_regions,
+            "attributes": self.attributes,
             "semseg_pixels": self.semseg_pixels,
             "drivable_pixels": self.drivable_pixels,
             "problem_counts": dict(Counter(p.kind for p in self.problems)),
@@ -125,9 +138,18 @@ class CheckReport:
         table("images", ["100k", "10k", "total"], self.images)
         table("labeled images", ["det", "semseg", "drivable", "depth", "all_three"], self.labeled)
         table("objects (boxes)", list(DET_CATEGORIES), self.objects)
+        ignore = sorted({k for s in splits for k in self.ignore_regions.get(s, {})})
+        if ignore:
+            table("ignore regions", ignore, self.ignore_regions)
         skipped = sorted({k for s in splits for k in self.skipped_categories.get(s, {})})
         if skipped:
-            table("skipped (not evaluated)", skipped, self.skipped_categories)
+            table("skipped (unknown category)", skipped, self.skipped_categories)
+        for key in ATTRIBUTE_VALUES:
+            per_split = {s: self.attributes.get(s, {}).get(key, {}) for s in splits}
+            values = [v for v in ATTRIBUTE_VALUES[key] + (NO_ATTRIBUTE,) if any(v in c for c in per_split.values())]
+            values += sorted({v for c in per_split.values() for v in c} - set(values))  # unknown values
+            if values:
+                table(f"{key} (images)", values, per_split)
         table("semseg pixels", list(SEMSEG_CLASSES) + ["ignore"], self.semseg_pixels, percent=True)
         table("drivable pixels", list(DRIVABLE_CLASSES), self.drivable_pixels, percent=True)
         if self.problems:
@@ -161,7 +183,8 @@ def _open_mask(path: Path, modes: Tuple[str, ...]) -> Tuple[Optional[np.ndarray]
         return None, str(err) or type(err).__name__
 
 
-def _check_split(report: CheckReport, root: Path, split: str, bar: tqdm) -> None:
+def _check_split(report: CheckReport, root: Path, split: str, bar: tqdm,
+                 attributes: Dict[str, Dict[str, str]]) -> None:
     # --- images (both sets; a name in both is checked in both) ---
     sets = {s: list_images(image_dir(root, s, split)) for s in IMAGE_SETS}
     for s in IMAGE_SETS:
@@ -187,6 +210,7 @@ def _check_split(report: CheckReport, root: Path, split: str, bar: tqdm) -> None
     labeled: Dict[str, set] = {t: set() for t in ("det", "semseg", "drivable", "depth")}
     objects: Counter = Counter()
     skipped: Counter = Counter()
+    ignored: Counter = Counter()
     json_path = det_json_path(root, split)
     if not json_path.is_file():
         report.add(MISSING, json_path, "detection label file is missing")
@@ -198,14 +222,15 @@ def _check_split(report: CheckReport, root: Path, split: str, bar: tqdm) -> None
             report.add(INVALID_JSON, json_path, f"not valid JSON ({err})")
             data = None
         if data is not None:
-            frames = parse_det_frames(data, str(json_path), lambda m: report.add(INVALID_JSON, json_path, m), skipped)
+            frames = parse_det_frames(data, str(json_path), lambda m: report.add(INVALID_JSON, json_path, m), skipped,
+                                      ignored=ignored)
             for name, boxes in frames.items():
                 if name not in names:
                     report.add(FRAME_WITHOUT_IMAGE, json_path, f"frame '{name}' names an image not in {split}")
                     continue
                 labeled["det"].add(name)
                 height, width = sizes.get(name, (None, None))
-                for label, x1, y1, x2, y2 in boxes:
+                for label, x1, y1, x2, y2, _ in boxes:
                     objects[DET_CATEGORIES[label]] += 1
                     box = f"frame '{name}' {DET_CATEGORIES[label]} box x1={x1:g} y1={y1:g} x2={x2 - 1:g} y2={y2 - 1:g}"
                     if x2 - x1 <= 0 or y2 - y1 <= 0:
@@ -217,6 +242,13 @@ def _check_split(report: CheckReport, root: Path, split: str, bar: tqdm) -> None
                         report.add(BAD_BOX, json_path, f"{box}: outside the {width}x{height} image")
     report.objects[split] = {c: objects.get(c, 0) for c in DET_CATEGORIES}
     report.skipped_categories[split] = dict(sorted(skipped.items()))
+    report.ignore_regions[split] = dict(sorted(ignored.items()))
+    counts: Dict[str, Counter] = {key: Counter() for key in ATTRIBUTE_VALUES}
+    for name in names:
+        found = attributes.get(name, {})
+        for key in ATTRIBUTE_VALUES:
+            counts[key][found.get(key, NO_ATTRIBUTE)] += 1
+    report.attributes[split] = {key: dict(c) for key, c in counts.items()}
 
     # --- masks ---
     semseg_counts = np.zeros(256, dtype=np.int64)
@@ -303,10 +335,20 @@ def check_bdd100k(
     if not root.is_dir():
         report.add(MISSING, root, "data set root directory not found")
         return report
+    # det JSON problems are reported by the split's own pass; attribute frame lists are checked here
+    det_files = {det_json_path(root, s) for s in splits}
+    attributes = load_frame_attributes(
+        root, on_problem=lambda path, message: None if path in det_files else report.add(INVALID_JSON, path, message))
+    unknown: Counter = Counter(
+        (key, value) for found in attributes.values() for key, value in found.items()
+        if value not in ATTRIBUTE_VALUES[key])
+    for (key, value), n in sorted(unknown.items()):
+        report.add(UNKNOWN_ATTRIBUTE, root / "labels", f"attribute {key}={value!r} on {n} frame(s) is not a BDD100K "
+                   f"value ({', '.join(ATTRIBUTE_VALUES[key])}): no attribute domain will match it")
     with tqdm(total=_count_files(root, splits), desc="checking BDD100K", unit="file",
               file=sys.stderr, disable=not progress) as bar:
         for split in splits:
-            _check_split(report, root, split, bar)
+            _check_split(report, root, split, bar, attributes)
     return report
 
 

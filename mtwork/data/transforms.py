@@ -5,13 +5,15 @@ Input (raw sample, e.g. from ``BDD100KDataset`` without a transform)::
     image (H0,W0,3) uint8 | semseg, drivable (H0,W0) uint8 | depth (H0,W0) float32 metres
     normals (H0,W0,3) float32 unit camera-frame vectors | edges (H0,W0) float32 [0,1]
     camera (4,) intrinsics (fx, fy, u0, v0) px, pixel centres at integers
-    det {"boxes": (N,4) float xyxy pixel edges, "labels": (N,) int} | name | orig_size (H0,W0)
+    det {"boxes": (N,4) float xyxy pixel edges, "labels": (N,) int, optional "ignore_boxes" (M,4),
+         "ignore_labels" (M,): ignore regions, transformed like the boxes} | name | orig_size (H0,W0)
 
 Output: image (3,H,W) float32 normalised with ImageNet mean/std; semseg/drivable (h,w) int64 with
 255 = ignore; depth (h,w) float32 metres (0 = invalid); normals (3,h,w) float32 ((0,0,0) = invalid);
 edges (h,w) float32 in [0,1] (-1 = invalid, i.e. padding); camera (4,) float32 intrinsics of the
-*label* frame (h,w); det {"boxes": (N,4) float32, "labels": (N,) int64}; name; orig_size = (H0, W0),
-the size on disk.
+*label* frame (h,w); det {"boxes": (N,4) float32, "labels": (N,) int64, and "ignore_boxes" (M,4)
+float32, "ignore_labels" (M,) int64 when the input has them}; name; orig_size = (H0, W0), the size on
+disk; from ``EvalTransform`` also valid_size = (h, w), the part of the input holding the image.
 
 Dense regression labels: depth and normals are resized by nearest neighbour (a bilinear mix of a
 valid and an invalid pixel, or of two surfaces, is no surface at all), edges bilinearly (a plain
@@ -96,11 +98,20 @@ def _camera_tensor(camera: Any) -> torch.Tensor:
     return torch.from_numpy(values.astype(np.float32))
 
 
-def _det_tensors(boxes: np.ndarray, labels: np.ndarray) -> Dict[str, torch.Tensor]:
+def _det_tensors(boxes: np.ndarray, labels: np.ndarray, prefix: str = "") -> Dict[str, torch.Tensor]:
     return {
-        "boxes": torch.from_numpy(_writable(np.reshape(boxes, (-1, 4)), np.float32)),
-        "labels": torch.from_numpy(_writable(np.reshape(labels, (-1,)), np.int64)),
+        f"{prefix}boxes": torch.from_numpy(_writable(np.reshape(boxes, (-1, 4)), np.float32)),
+        f"{prefix}labels": torch.from_numpy(_writable(np.reshape(labels, (-1,)), np.int64)),
     }
+
+
+def letterbox_size(orig_size: Tuple[int, int], size: Tuple[int, int]) -> Tuple[int, int]:
+    """(h, w) of an (H0, W0) image scaled to fit inside ``size`` (H, W) keeping its aspect ratio:
+    scale = min(H/H0, W/W0), each side rounded (TrainTransform's scale with no random factor)."""
+    h0, w0 = orig_size
+    out_h, out_w = size
+    scale = min(out_h / h0, out_w / w0)
+    return min(out_h, max(1, round(h0 * scale))), min(out_w, max(1, round(w0 * scale)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,17 +270,20 @@ class TrainTransform:
             out["camera"] = _camera_tensor(camera)
 
         if "det" in sample:
-            boxes = np.asarray(sample["det"]["boxes"], dtype=np.float64).reshape(-1, 4)
-            labels = np.asarray(sample["det"]["labels"], dtype=np.int64).reshape(-1)
-            # Exact per-axis factors, as the masks were resized to (rh, rw), not by `scale`.
-            boxes = boxes * np.array([rw / w0, rh / h0, rw / w0, rh / h0])
-            boxes -= np.array([x0, y0, x0, y0], dtype=np.float64)
-            boxes[:, 0::2] = boxes[:, 0::2].clip(0, cw)
-            boxes[:, 1::2] = boxes[:, 1::2].clip(0, ch)
-            if params.flip:
-                boxes[:, [0, 2]] = out_w - boxes[:, [2, 0]]
-            keep = ((boxes[:, 2] - boxes[:, 0]) >= MIN_BOX_SIZE) & ((boxes[:, 3] - boxes[:, 1]) >= MIN_BOX_SIZE)
-            out["det"] = _det_tensors(boxes[keep], labels[keep])
+            out["det"] = {}
+            # ignore regions (when present) follow the same geometry as the boxes
+            for prefix in ("", "ignore_") if "ignore_boxes" in sample["det"] else ("",):
+                boxes = np.asarray(sample["det"][f"{prefix}boxes"], dtype=np.float64).reshape(-1, 4)
+                labels = np.asarray(sample["det"][f"{prefix}labels"], dtype=np.int64).reshape(-1)
+                # Exact per-axis factors, as the masks were resized to (rh, rw), not by `scale`.
+                boxes = boxes * np.array([rw / w0, rh / h0, rw / w0, rh / h0])
+                boxes -= np.array([x0, y0, x0, y0], dtype=np.float64)
+                boxes[:, 0::2] = boxes[:, 0::2].clip(0, cw)
+                boxes[:, 1::2] = boxes[:, 1::2].clip(0, ch)
+                if params.flip:
+                    boxes[:, [0, 2]] = out_w - boxes[:, [2, 0]]
+                keep = ((boxes[:, 2] - boxes[:, 0]) >= MIN_BOX_SIZE) & ((boxes[:, 3] - boxes[:, 1]) >= MIN_BOX_SIZE)
+                out["det"].update(_det_tensors(boxes[keep], labels[keep], prefix))
         return out
 
     def __call__(self, sample: Dict[str, Any], generator: Optional[torch.Generator] = None) -> Dict[str, Any]:
@@ -278,10 +292,16 @@ class TrainTransform:
 
 
 class EvalTransform:
-    """Resize only the image to ``size`` (bilinear) and normalise it; labels stay on disk's frame.
+    """Letterbox the image into ``size`` like training, without randomness; labels stay on disk's frame.
 
-    Masks and boxes keep the on-disk resolution (``orig_size``) because evaluators map predictions
-    back to it and score there, as the official evaluation does. ``size=None`` keeps the image size.
+    The image is scaled by ``fit = min(H/H0, W/W0)`` (bilinear) to ``valid_size`` = (h, w) =
+    ``letterbox_size``, placed at the top-left of an (H, W) canvas and padded at the bottom/right with 0
+    after normalisation (the mean colour), exactly as ``TrainTransform`` with scale factor 1 and no crop
+    or flip. Masks, dense maps and boxes keep the on-disk resolution (``orig_size``): evaluators map
+    predictions back to it and score there, as the official evaluation does; the sample carries
+    ``valid_size`` so that they can (``mtwork.data.batch.dense_to_orig`` / ``boxes_to_orig``: take the
+    valid region and resize it to orig_size; divide boxes by valid/orig per axis). ``size=None`` keeps
+    the image size (valid_size = orig_size).
     """
 
     def __init__(self, size: Optional[Tuple[int, int]]):
@@ -290,11 +310,17 @@ class EvalTransform:
     def __call__(self, sample: Dict[str, Any]) -> Dict[str, Any]:
         image = np.asarray(sample["image"])
         h0, w0 = image.shape[:2]
-        resized = image if self.size is None else _resize(image, self.size, nearest=False)
+        valid = (h0, w0) if self.size is None else letterbox_size((h0, w0), self.size)
+        canvas = normalize_image(_resize(image, valid, nearest=False))
+        if self.size is not None and valid != self.size:
+            padded = canvas.new_zeros((3, *self.size))
+            padded[:, : valid[0], : valid[1]] = canvas
+            canvas = padded
         out: Dict[str, Any] = {
-            "image": normalize_image(resized),
+            "image": canvas,
             "name": sample["name"],
             "orig_size": (h0, w0),
+            "valid_size": valid,
         }
         for task in MASK_PAD:
             if task in sample:
@@ -303,4 +329,6 @@ class EvalTransform:
             out["camera"] = _camera_tensor(sample["camera"])
         if "det" in sample:
             out["det"] = _det_tensors(sample["det"]["boxes"], sample["det"]["labels"])
+            if "ignore_boxes" in sample["det"]:
+                out["det"].update(_det_tensors(sample["det"]["ignore_boxes"], sample["det"]["ignore_labels"], "ignore_"))
         return out

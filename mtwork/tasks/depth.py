@@ -17,8 +17,8 @@ Loss (over the valid pixels, depth > 0, of the labeled samples):
                    (r^2 + c^2) / (2 c)    otherwise,
     averaged over the valid pixels; "l1": mean |r|.
 Metrics (over every valid pixel of the evaluated set, each pixel weighing the same: running sums, not
-a mean of per-image or per-batch means), at label size (on-disk frame: predictions are resized
-bilinearly to ``orig_size``):
+a mean of per-image or per-batch means), at label size (on-disk frame: the predictions' letterboxed
+region is resized bilinearly to ``orig_size``, see ``labeled_at_label_size``):
     rmse     sqrt(mean (pred - gt)^2)             metres, lower is better
     abs_rel  mean |pred - gt| / gt                 lower is better
     delta1   % of pixels with max(pred/gt, gt/pred) < 1.25     higher is better
@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtwork.data.batch import dense_to_orig
 from mtwork.tasks.base import TASKS, FeatureSpec, Metric, Task
 from mtwork.tasks.segmentation import NORMS, SegmentationHead
 
@@ -127,8 +128,10 @@ def labeled_at_label_size(outputs: torch.Tensor, batch: Mapping[str, Any],
                           task: str) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
     """Yield (prediction (C,H0,W0) float32, label (..., H0, W0)) per labeled image of ``task``.
 
-    Predictions (B,C,h,w) in the input frame are resized bilinearly to the image's on-disk size
-    (``batch["orig_size"]``); labels are in that frame, padded at the bottom/right, and are cut to it.
+    Predictions (B,C,h,w) in the input frame are mapped to the image's on-disk frame
+    (``batch["orig_size"]``) by ``mtwork.data.batch.dense_to_orig``: their valid region (without the
+    letterbox padding, ``batch["valid_size"]``) resized bilinearly; labels are in that frame, padded
+    at the bottom/right, and are cut to it.
     """
     labeled = batch["labeled"][task]
     labels = batch[task]
@@ -136,10 +139,8 @@ def labeled_at_label_size(outputs: torch.Tensor, batch: Mapping[str, Any],
         h0, w0 = (int(v) for v in batch["orig_size"][i])
         if labels.shape[-2] < h0 or labels.shape[-1] < w0:
             raise ValueError(f"{task} label {tuple(labels.shape[-2:])} smaller than orig_size {(h0, w0)}")
-        pred = outputs[i : i + 1].float()
-        if pred.shape[-2:] != (h0, w0):
-            pred = F.interpolate(pred, size=(h0, w0), mode="bilinear", align_corners=False)
-        yield pred[0], labels[i, ..., :h0, :w0].to(pred.device)
+        pred = dense_to_orig(outputs[i], batch, i)
+        yield pred, labels[i, ..., :h0, :w0].to(pred.device)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -10,7 +10,14 @@ Conventions:
   predicts empty boxes for good (seen here: mAP 0 with sensible class scores). exp never dies and
   starts every box at one stride per side;
 - centerness is predicted from the regression tower (FCOS' "centerness_on_reg");
-- class ids 0..K-1, background -1 in assigned targets.
+- class ids 0..K-1, background -1 in assigned targets;
+- ignore regions (BDD100K's "other vehicle", "trailer", crowd boxes; ``ignore_boxes`` /
+  ``ignore_labels`` of a target) are never positives. A point inside an ignore region of class k that
+  is not a positive of class k leaves class k's logit there out of the classification loss: the
+  official evaluation neither rewards nor punishes a class-k detection on that region, so training
+  should not teach the head that it is background either (a group of parked cars in a crowd box is
+  still cars). The point's other classes stay negatives, as a detection of another class there is a
+  false positive in the evaluation. Box and centerness losses only ever see positives.
 """
 from __future__ import annotations
 
@@ -244,6 +251,17 @@ def select_images(outputs: Mapping[str, object], index: torch.Tensor) -> FCOSOut
     }
 
 
+def ignore_mask(points: torch.Tensor, ignore_boxes: torch.Tensor, ignore_labels: torch.Tensor,
+                num_classes: int) -> torch.Tensor:
+    """(P,K) bool: point p lies strictly inside an ignore region of class k (points (P,2) xy input px,
+    ignore_boxes (M,4) xyxy, ignore_labels (M,) 0..K-1)."""
+    boxes = ignore_boxes.to(device=points.device, dtype=torch.float32)
+    x, y = points[:, 0:1], points[:, 1:2]
+    inside = (x > boxes[:, 0]) & (x < boxes[:, 2]) & (y > boxes[:, 1]) & (y < boxes[:, 3])  # (P,M)
+    classes = F.one_hot(ignore_labels.to(points.device).long(), num_classes).float()  # (M,K)
+    return (inside.float() @ classes) > 0
+
+
 def fcos_loss(
     outputs: Mapping[str, object],
     targets: Sequence[Mapping[str, torch.Tensor]],
@@ -255,7 +273,9 @@ def fcos_loss(
     """FCOS losses over a batch whose every image is labeled (select the labeled ones first).
 
     targets: one {"boxes": (N,4) xyxy input px, "labels": (N,) long} per image (N may be 0: then every
-    point of that image is a negative and still counts in the classification loss).
+    point of that image is a negative and still counts in the classification loss), optionally with
+    "ignore_boxes" (M,4) and "ignore_labels" (M,): the (point, class) pairs of ``ignore_mask`` that are
+    not positives are left out of the classification loss (module docstring).
     Returns {"cls": focal loss sum / num_pos, "box": GIoU loss on positives weighted by centerness
     targets / their sum, "ctr": BCE on positives sum / num_pos}; num_pos is clamped to >= 1.
     """
@@ -274,9 +294,20 @@ def fcos_loss(
 
     onehot = torch.zeros_like(cls)
     onehot[pos, labels[pos]] = 1.0
-    loss_cls = sigmoid_focal_loss(cls, onehot, alpha=focal_alpha, gamma=focal_gamma, reduction="sum") / num_pos
+    all_points = torch.cat(points)
+    ignored = [ignore_mask(all_points, t["ignore_boxes"], t["ignore_labels"], cls.shape[-1])
+               if t.get("ignore_boxes") is not None and t["ignore_boxes"].numel() else None for t in targets]
+    if any(m is not None for m in ignored):
+        weight = torch.ones_like(cls)
+        for b, mask in enumerate(ignored):
+            if mask is not None:
+                weight[b][mask & (onehot[b] == 0)] = 0.0
+        loss_cls = (sigmoid_focal_loss(cls, onehot, alpha=focal_alpha, gamma=focal_gamma, reduction="none")
+                    * weight).sum() / num_pos
+    else:
+        loss_cls = sigmoid_focal_loss(cls, onehot, alpha=focal_alpha, gamma=focal_gamma, reduction="sum") / num_pos
 
-    pts = torch.cat(points)[None].expand(cls.shape[0], -1, -1)[pos]
+    pts = all_points[None].expand(cls.shape[0], -1, -1)[pos]
     target_ltrb = ltrb[pos]
     ctr_target = centerness_target(target_ltrb)
     giou = generalized_box_iou_loss(ltrb_to_xyxy(pts, box[pos]), ltrb_to_xyxy(pts, target_ltrb), reduction="none")

@@ -6,9 +6,9 @@ Metric conventions (one place for both tasks):
 - IoU_k = TP_k / (TP_k + FP_k + FN_k); a class with union 0 (absent from both the ground truth and the
   predictions of the whole evaluated set) has IoU NaN and is *excluded* from the mean, so mIoU is the
   mean over the classes that occur;
-- evaluation happens at label resolution: logits are resized bilinearly to the on-disk size of each
-  image (``batch["orig_size"]``), which assumes the network input is a plain resize of the on-disk
-  image (no crop or letterbox padding).
+- evaluation happens at label resolution: the logits' valid region (the letterboxed image without
+  its padding, ``batch["valid_size"]``) is resized bilinearly to the on-disk size of each image
+  (``batch["orig_size"]``, ``mtwork.data.batch.dense_to_orig``), then the arg-max is taken.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtwork.data.batch import IGNORE_INDEX
+from mtwork.data.batch import IGNORE_INDEX, dense_to_orig
 from mtwork.tasks.base import FeatureSpec, Metric, Task
 
 
@@ -51,15 +51,19 @@ def confusion_matrix(
     return counts.reshape(num_classes, num_classes).cpu().to(torch.int64)
 
 
-def miou_from_confusion(cm: torch.Tensor) -> Tuple[float, torch.Tensor]:
+def miou_from_confusion(cm: torch.Tensor, num_classes: int | None = None) -> Tuple[float, torch.Tensor]:
     """(mIoU, per-class IoU) as fractions in [0, 1] from a (K,K) confusion matrix (rows = GT).
 
     per-class IoU: (K,) float64, NaN for classes with union TP+FP+FN = 0 (absent from both GT and
     prediction); mIoU is the mean over the non-NaN classes (NaN when every class is absent).
+    ``num_classes``: only the first K of the matrix's rows/columns are classes; the further columns
+    count ground-truth pixels predicted as no class (e.g. a missing prediction file): false negatives
+    of their row's class and nobody's false positives.
     """
     cm = cm.to(torch.float64)
-    tp = cm.diag()
-    union = cm.sum(dim=0) + cm.sum(dim=1) - tp  # TP + FP + FN
+    k = cm.shape[0] if num_classes is None else int(num_classes)
+    tp = cm.diag()[:k]
+    union = cm[:k, :k].sum(dim=0) + cm[:k].sum(dim=1) - tp  # TP + FP + FN
     iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, math.nan))
     present = ~torch.isnan(iou)
     miou = iou[present].mean().item() if present.any() else math.nan
@@ -192,17 +196,18 @@ class SegmentationEvaluator:
 
     @torch.no_grad()
     def process(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> None:
-        """outputs: logits (B,K,h,w) in the input frame; batch[task]: (B,H,W) on-disk frame, 255-padded."""
+        """outputs: logits (B,K,h,w) in the input frame (letterboxed, ``batch["valid_size"]``);
+        batch[task]: (B,H,W) on-disk frame, 255-padded."""
         labeled = batch["labeled"][self.task]
         masks = batch[self.task]
         for i in torch.nonzero(labeled).flatten().tolist():
             h0, w0 = (int(v) for v in batch["orig_size"][i])
             if masks.shape[-2] < h0 or masks.shape[-1] < w0:
                 raise ValueError(f"{self.task} mask {tuple(masks.shape[-2:])} smaller than orig_size {(h0, w0)}")
-            logits = F.interpolate(outputs[i : i + 1].float(), size=(h0, w0), mode="bilinear", align_corners=False)
+            logits = dense_to_orig(outputs[i], batch, i)
             # max(dim).indices, not argmax(dim): the same first-maximum index, but argmax over the
-            # channel dim of a (1,K,H,W) tensor takes a slow strided path on CPU (5x in a benchmark)
-            pred = logits.max(dim=1).indices[0]
+            # channel dim of a (K,H,W) tensor takes a slow strided path on CPU (5x in a benchmark)
+            pred = logits.max(dim=0).indices
             self.confusion += confusion_matrix(pred, masks[i, :h0, :w0], len(self.class_names), self.ignore_index)
 
     def evaluate(self) -> Dict[str, float]:

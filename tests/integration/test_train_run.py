@@ -98,6 +98,18 @@ def test_evaluate_writes_metrics_for_every_task(trained, synthdrive_tiny, tiny_p
     assert 0.0 <= record["metrics"]["semseg"]["miou"] <= 100.0
     assert record["val_images"]["det"] > 0
     assert json.loads((tmp_path / "m.json").read_text())["run"] == RUN
+    # the detections, exported in Scalabel format beside the metrics, score the same with `mtwork score det`
+    from mtwork.evaluate import predictions_path
+    from mtwork.score import score_det
+
+    export = predictions_path(tmp_path / "m.json", "det")
+    assert export == tmp_path / "predictions" / "m.det.scalabel.json"
+    frames = json.loads(export.read_text())
+    assert len(frames) == record["val_images"]["det"]
+    scored = score_det(synthdrive_tiny / "labels/det_20/det_val.json", export)
+    assert scored["frames"]["missing_pred"] == 0
+    assert scored["AP"] == pytest.approx(record["metrics"]["det"]["map"], abs=1e-3)
+    assert scored["AP50"] == pytest.approx(record["metrics"]["det"]["map50"], abs=1e-3)
 
 
 @pytest.mark.parametrize("paradigm", ["lora", "pretrain_adapt_finetune_lv"])

@@ -17,7 +17,9 @@ from mtwork.data.bdd100k import (
     DRIVABLE_CLASSES,
     SEMSEG_CLASSES,
     BDD100KDataset,
+    IGNORED_MAPPING,
     DatasetError,
+    DetBox,
     decode_drivable,
     depth_to_metres,
     det_frames_to_coco,
@@ -49,14 +51,44 @@ def test_depth_unit_is_one_256th_metre():
     assert depth_to_metres(np.array([384], np.uint16)).tolist() == [1.5]
 
 
-def test_load_det_frames_skips_other_categories_and_keeps_empty_frames(bdd_mini_root):
-    skipped = Counter()
-    frames = load_det_frames(bdd_mini_root / "labels/det_20/det_train.json", skipped)
+def test_load_det_frames_keeps_empty_frames_and_ignore_regions_on_request(bdd_mini_root):
+    skipped, ignored = Counter(), Counter()
+    frames = load_det_frames(bdd_mini_root / "labels/det_20/det_train.json", skipped, ignored=ignored)
     assert sorted(frames) == ["a.jpg", "b.jpg", "big.jpg", "c.jpg", "ghost.jpg"]
-    # Scalabel's inclusive x2/y2 become pixel edges (+1).
-    assert frames["a.jpg"] == [(2, 4.0, 6.0, 14.0, 16.0), (8, 20.0, 2.0, 24.0, 10.0)]
+    # Scalabel's inclusive x2/y2 become pixel edges (+1); objects only by default.
+    assert frames["a.jpg"] == [(2, 4.0, 6.0, 14.0, 16.0, False), (8, 20.0, 2.0, 24.0, 10.0, False)]
     assert frames["b.jpg"] == []  # no "labels" key: labelled, no objects
-    assert skipped == {"other vehicle": 1}
+    assert skipped == {} and ignored == {"other vehicle": 1}
+    with_ignore = load_det_frames(bdd_mini_root / "labels/det_20/det_train.json", ignore_regions=True)
+    # "other vehicle" (0,0)-(5,5) is an ignore region of car (index 2)
+    assert with_ignore["a.jpg"][1] == DetBox(2, 0.0, 0.0, 6.0, 6.0, ignore=True)
+
+
+def test_official_category_mapping_and_crowd(tmp_path):
+    """bdd100k configs/det.toml: name_mapping renames, ignored_mapping and crowd make ignore regions."""
+    box = {"x1": 0, "y1": 0, "x2": 9, "y2": 9}
+    labels = [
+        {"category": "van", "box2d": box},  # -> car
+        {"category": "bike", "box2d": box},  # -> bicycle
+        {"category": "person", "box2d": box},  # -> pedestrian
+        {"category": "other person", "box2d": box},  # ignore region of pedestrian
+        {"category": "trailer", "box2d": box},  # ignore region of truck
+        {"category": "bus", "attributes": {"crowd": True}, "box2d": box},  # crowd: ignore region of bus
+        {"category": "lane", "poly2d": []},  # not a detection category: skipped
+    ]
+    path = tmp_path / "det_val.json"
+    path.write_text(json.dumps([{"name": "x.jpg", "labels": labels}]))
+    skipped, ignored = Counter(), Counter()
+    boxes = load_det_frames(path, skipped, ignore_regions=True, ignored=ignored)["x.jpg"]
+    index = {name: i for i, name in enumerate(DET_CATEGORIES)}
+    assert [(b.label, b.ignore) for b in boxes] == [
+        (index["car"], False), (index["bicycle"], False), (index["pedestrian"], False),
+        (index["pedestrian"], True), (index["truck"], True), (index["bus"], True)]
+    assert skipped == {"lane": 1} and ignored == {"other person": 1, "trailer": 1, "crowd bus": 1}
+    assert IGNORED_MAPPING == {"other person": "pedestrian", "other vehicle": "car", "trailer": "truck"}
+    gt = det_frames_to_coco({"x.jpg": boxes}, {"x.jpg": (720, 1280)})
+    assert [a["iscrowd"] for a in gt["annotations"]] == [0, 0, 0, 1, 1, 1]
+    assert gt["annotations"][0]["bbox"] == [0.0, 0.0, 10.0, 10.0]  # the toolkit's x2 - x1 + 1
 
 
 @pytest.mark.parametrize(
@@ -109,13 +141,16 @@ def test_dataset_merges_image_sets_and_labels(bdd_mini_root):
     # e.jpg has no label of any requested task; ghost.jpg has no image.
     assert ds.names == ["a.jpg", "b.jpg", "big.jpg", "c.jpg", "d.jpg"]
     assert ds.labeled_counts() == {"semseg": 2, "drivable": 2, "det": 4}
-    assert ds.skipped_categories == {"other vehicle": 1}
+    assert ds.skipped_categories == {} and ds.ignore_regions == {"other vehicle": 1}
 
     a = ds[0]
     assert a["image"].shape == (32, 48, 3) and a["image"].dtype == np.uint8 and a["orig_size"] == (32, 48)
     assert "semseg" not in a
     np.testing.assert_array_equal(a["det"]["boxes"], [[4, 6, 14, 16], [20, 2, 24, 10]])
     assert a["det"]["labels"].tolist() == [2, 8]
+    # the "other vehicle" is no training positive: an ignore region of car beside the boxes
+    np.testing.assert_array_equal(a["det"]["ignore_boxes"], [[0, 0, 6, 6]])
+    assert a["det"]["ignore_labels"].tolist() == [2]
     # on disk: direct 0 / alternative 1 / background 2 -> training ids 1 / 2 / 0
     assert np.bincount(a["drivable"].ravel(), minlength=3).tolist() == [960, 288, 288]
     assert a["drivable"][25, 5] == 1 and a["drivable"][25, 40] == 2 and a["drivable"][0, 0] == 0
@@ -139,7 +174,8 @@ def test_dataset_loads_only_requested_tasks(bdd_mini_root):
     ds = BDD100KDataset(bdd_mini_root, "train", tasks=("det",))
     assert ds.names == ["a.jpg", "b.jpg", "big.jpg", "c.jpg"]
     gt = ds.coco_ground_truth()
-    assert [im["file_name"] for im in gt["images"]] == ds.names and len(gt["annotations"]) == 4
+    assert [im["file_name"] for im in gt["images"]] == ds.names and len(gt["annotations"]) == 5
+    assert sum(a["iscrowd"] for a in gt["annotations"]) == 1  # the "other vehicle"
     with pytest.raises(ValueError, match="lanes"):
         BDD100KDataset(bdd_mini_root, "train", tasks=("lanes",))
 
@@ -256,3 +292,60 @@ def test_missing_or_broken_camera_file_is_named(synthdrive_tiny, tmp_path):
         BDD100KDataset(root, "val", tasks=("depth", "normals"))
     # without normals the camera is not needed
     assert len(BDD100KDataset(root, "val", tasks=("depth", "edges"))) == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# attribute domains
+# ---------------------------------------------------------------------------------------------
+
+
+def _attribute_fixture(root):
+    """bdd_mini_root plus: det_val.json naming the 10k train image d.jpg (night, the 100k set's val
+    split), and an attribute frame list giving c.jpg (whose det frame has none) and e.jpg."""
+    (root / "labels/det_20/det_val.json").write_text(json.dumps([
+        {"name": "d.jpg", "attributes": {"weather": "rainy", "timeofday": "night", "scene": "highway"}},
+    ]))
+    (root / "labels/attributes").mkdir(parents=True)
+    (root / "labels/attributes/attributes_train.json").write_text(json.dumps([
+        {"name": "c.jpg", "attributes": {"weather": "clear", "timeofday": "daytime", "scene": "residential"}},
+        # a.jpg's det frame says city street and wins: first source per key
+        {"name": "a.jpg", "attributes": {"weather": "snowy", "timeofday": "night", "scene": "tunnel"}},
+    ]))
+
+
+def test_attribute_filter_applies_to_every_task(bdd_mini_root):
+    _attribute_fixture(bdd_mini_root)
+    day = BDD100KDataset(bdd_mini_root, "train", attributes={"timeofday": "daytime"})
+    # a (det frame), c (frame list); b has empty attributes, big none; d is night
+    assert day.names == ["a.jpg", "c.jpg"]
+    assert day.filter_counts == {"kept": 2, "other_attributes": 1, "unattributed": 2}
+    assert day.attributes_of(0) == {"weather": "clear", "timeofday": "daytime", "scene": "city street"}
+    assert day.labeled_counts() == {"semseg": 1, "drivable": 2, "det": 2}
+    # the semseg-only image d gets the attributes of its same-named det frame in the other split
+    night = BDD100KDataset(bdd_mini_root, "train", tasks=("semseg",), attributes={"timeofday": ["night", "dawn/dusk"]})
+    assert night.names == ["d.jpg"] and night.attributes_of(0)["weather"] == "rainy"
+    both = BDD100KDataset(bdd_mini_root, "train", attributes={"timeofday": "daytime", "scene": ["residential"]})
+    assert both.names == ["c.jpg"]
+    # no filter: everything, and no attribute file is read
+    assert len(BDD100KDataset(bdd_mini_root, "train")) == 5
+
+
+def test_attribute_filter_errors_name_key_and_value(bdd_mini_root):
+    with pytest.raises(ValueError, match="'season'"):
+        BDD100KDataset(bdd_mini_root, "train", attributes={"season": "summer"})
+    with pytest.raises(ValueError, match=r"timeofday.*'evening'.*dawn/dusk"):
+        BDD100KDataset(bdd_mini_root, "train", attributes={"timeofday": "evening"})
+    with pytest.raises(ValueError, match="non-empty"):
+        BDD100KDataset(bdd_mini_root, "train", attributes={"weather": []})
+    with pytest.raises(DatasetError, match=r"foggy.*1 with other values, 4 without"):
+        BDD100KDataset(bdd_mini_root, "train", attributes={"weather": "foggy"})
+
+
+def test_synthdrive_domains_are_attribute_domains(synthdrive_tiny):
+    """Every SynthDrive image, segmentation-only ones included, carries its domain's attributes."""
+    ds = BDD100KDataset(synthdrive_tiny, "val", tasks=("semseg", "drivable", "det"),
+                        attributes={"weather": "clear", "timeofday": "daytime"})
+    assert ds.filter_counts == {"kept": 4, "other_attributes": 0, "unattributed": 0}
+    assert all(ds.attributes_of(i)["scene"] in ("city street", "residential", "highway") for i in range(len(ds)))
+    with pytest.raises(DatasetError, match="night"):
+        BDD100KDataset(synthdrive_tiny, "val", attributes={"timeofday": "night"})

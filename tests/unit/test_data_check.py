@@ -24,6 +24,12 @@ def test_fresh_synthdrive_is_clean_and_counted(synthdrive_tiny):
     assert sum(report.drivable_pixels["train"].values()) == 6 * 64 * 112
     assert json.loads(json.dumps(report.to_dict()))["ok"] is True
     assert report.to_text().startswith(f"BDD100K check of {synthdrive_tiny}: OK")
+    # the trailers are ignore regions of truck; every image (segmentation-only ones too) is clear daytime
+    n_trailers = sum(lab["category"] == "trailer" for f in frames for lab in f.get("labels", []))
+    assert report.ignore_regions["train"] == ({"trailer": n_trailers} if n_trailers else {})
+    assert report.attributes["train"]["weather"] == {"clear": 8} and report.attributes["val"]["timeofday"] == {"daytime": 4}
+    assert sum(report.attributes["train"]["scene"].values()) == 8
+    assert "timeofday (images)" in report.to_text() and "daytime" in report.to_text()
 
 
 def test_hand_built_counts(bdd_mini_root):
@@ -32,7 +38,10 @@ def test_hand_built_counts(bdd_mini_root):
     assert report.labeled["train"] == {"det": 4, "semseg": 2, "drivable": 2, "depth": 0, "all_three": 1}
     assert report.objects["train"]["car"] == 1 and report.objects["train"]["traffic light"] == 1
     assert report.objects["train"]["truck"] == 1 and report.objects["train"]["pedestrian"] == 1
-    assert report.skipped_categories["train"] == {"other vehicle": 1}
+    assert report.skipped_categories["train"] == {} and report.ignore_regions["train"] == {"other vehicle": 1}
+    # attributes: a.jpg's det frame only; b's are empty; c, big, d, e have none
+    assert report.attributes["train"]["weather"] == {"clear": 1, chk.NO_ATTRIBUTE: 5}
+    assert report.attributes["train"]["scene"] == {"city street": 1, chk.NO_ATTRIBUTE: 5}
     assert report.drivable_pixels["train"] == {"background": 960 + 1536, "direct": 288, "alternative": 288}
     semseg = report.semseg_pixels["train"]
     assert (semseg["road"], semseg["sky"], semseg["car"], semseg["ignore"]) == (1056, 480, 16, 1520)
@@ -133,3 +142,19 @@ def test_depth_images_need_a_readable_camera_file(synthdrive_tiny, tmp_path):
     found = {(p["kind"], Path(p["path"]).name) for p in report.to_dict()["problems"]}
     assert (MISSING, cameras[0].name) in found and (INVALID_JSON, cameras[1].name) in found
     assert not report.ok
+
+
+def test_unknown_attribute_values_and_a_broken_attribute_file_are_reported(bdd_mini_root):
+    path = bdd_mini_root / "labels/det_20/det_train.json"
+    frames = json.loads(path.read_text())
+    frames[0]["attributes"]["timeofday"] = "Daytime"  # not a BDD100K value: no domain would match
+    path.write_text(json.dumps(frames))
+    listing = bdd_mini_root / "labels/attributes/attributes_train.json"
+    listing.parent.mkdir(parents=True)
+    listing.write_text('[{"name": "d.jpg", "attributes": "night"}]')
+    report = check_bdd100k(bdd_mini_root, splits=("train",), progress=False)
+    kinds = {p.kind: p for p in report.problems}
+    assert "'Daytime' on 1 frame" in kinds[chk.UNKNOWN_ATTRIBUTE].message
+    assert kinds[chk.INVALID_JSON].path == str(listing) and "'attributes' must be an object" in kinds[chk.INVALID_JSON].message
+    assert report.attributes["train"]["timeofday"] == {"Daytime": 1, chk.NO_ATTRIBUTE: 5}
+    assert "Daytime" in report.to_text()

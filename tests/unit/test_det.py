@@ -14,7 +14,7 @@ from torchvision.ops import sigmoid_focal_loss
 from mtwork.tasks import create_task
 from mtwork.tasks.base import FeatureSpec
 from mtwork.tasks.det import DetEvaluator
-from mtwork.tasks.fcos import fcos_loss, fcos_targets, level_points, postprocess
+from mtwork.tasks.fcos import fcos_loss, fcos_targets, ignore_mask, level_points, postprocess
 
 STRIDES = (8, 16, 32)
 # a 64x64 input: levels of 8x8, 4x4 and 2x2 points
@@ -124,6 +124,74 @@ def test_loss_perfect_boxes_have_zero_giou_loss_and_no_boxes_is_finite():
 
     empty = fcos_loss(_random_outputs(1), [{"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.long)}])
     assert empty["box"].item() == 0.0 and empty["ctr"].item() == 0.0 and math.isfinite(empty["cls"].item())
+
+
+def test_ignore_mask_marks_points_strictly_inside_for_the_region_class():
+    # [8,8,24,24] of class 2: level 0 centres 12 and 20 in both axes (4 points); level 1 centres
+    # 8, 24 lie on the border (not inside); level 2 centre (16,16) is inside
+    mask = ignore_mask(torch.cat(POINTS), torch.tensor([[8.0, 8.0, 24.0, 24.0]]), torch.tensor([2]), 10)
+    assert mask.shape == (84, 10) and not mask[:, [0, 1, 3, 4, 5, 6, 7, 8, 9]].any()
+    expected = {point_index(0, x, y) for x in (12, 20) for y in (12, 20)} | {point_index(2, 16, 16)}
+    assert set(torch.nonzero(mask[:, 2]).flatten().tolist()) == expected
+
+
+def test_loss_leaves_ignore_region_pairs_out_but_keeps_positives():
+    """cls loss = the plain focal loss minus its terms at (point inside an ignore region of class k,
+    class k) that are not positives of class k; box and centerness losses are unchanged."""
+    ranges = ((0, 64), (64, 128), (128, math.inf))
+    boxes = torch.tensor([[8.0, 8.0, 24.0, 24.0]])  # a class-2 object inside the class-2 ignore region
+    ignore_boxes, ignore_labels = torch.tensor([[0.0, 0.0, 32.0, 32.0]]), torch.tensor([2])
+    target = {"boxes": boxes, "labels": torch.tensor([2]), "ignore_boxes": ignore_boxes, "ignore_labels": ignore_labels}
+    plain_target = {"boxes": boxes, "labels": torch.tensor([2])}
+    outputs = _random_outputs(1)
+    losses, plain = fcos_loss(outputs, [target], ranges), fcos_loss(outputs, [plain_target], ranges)
+
+    labels, _ = fcos_targets(POINTS, STRIDES, boxes, torch.tensor([2]), ranges)
+    num_pos = int((labels >= 0).sum())
+    assert num_pos > 0
+    onehot = torch.zeros(84, 10)
+    onehot[labels >= 0, 2] = 1
+    terms = sigmoid_focal_loss(_flat_cls(outputs, 0), onehot, reduction="none")
+    pts = torch.cat(POINTS)
+    inside = (pts[:, 0] > 0) & (pts[:, 0] < 32) & (pts[:, 1] > 0) & (pts[:, 1] < 32)
+    left_out = inside & (labels != 2)
+    assert left_out.sum() > 0 and (inside & (labels == 2)).sum() == num_pos  # positives stay positives
+    expected = (terms.sum() - terms[left_out, 2].sum()) / num_pos
+    assert losses["cls"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert losses["box"].item() == pytest.approx(plain["box"].item(), rel=1e-6)
+    assert losses["ctr"].item() == pytest.approx(plain["ctr"].item(), rel=1e-6)
+    # a class-2 logit on an ignored point gets no gradient; another class there does (a false positive)
+    losses["cls"].backward()
+    grad = outputs["cls"][0].grad[0]  # level 0: (10, 8, 8); point (4, 4) is inside, background
+    assert grad[2, 0, 0] == 0 and grad[5, 0, 0] != 0
+
+
+def test_evaluator_scores_ignore_regions_as_crowd():
+    """A detection on an ignore region is neither TP nor FP: AP50 stays 100 with the region, and
+    drops when the same box is not known to be an ignore region."""
+    from mtwork.data.bdd100k import DET_CATEGORIES
+
+    def postprocess(outputs, size):
+        return [{"boxes": torch.tensor([[30.0, 0.0, 40.0, 10.0], [0.0, 0.0, 10.0, 10.0]]),
+                 "scores": torch.tensor([0.9, 0.8]), "labels": torch.tensor([2, 2])}]
+
+    target = {"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "labels": torch.tensor([2]),
+              "ignore_boxes": torch.tensor([[28.0, 0.0, 42.0, 12.0]]), "ignore_labels": torch.tensor([2])}
+    outputs = {"cls": [torch.zeros(1, 10, 1, 1)], "box": [torch.zeros(1, 4, 1, 1)], "ctr": [torch.zeros(1, 1, 1, 1)],
+               "strides": (8,)}
+
+    def evaluate(det):
+        batch = {"image": torch.zeros(1, 3, 16, 48), "orig_size": torch.tensor([[16, 48]]),
+                 "labeled": {"det": torch.tensor([True])}, "det": [det]}
+        evaluator = DetEvaluator(DET_CATEGORIES, postprocess)
+        evaluator.process(outputs, batch)
+        return evaluator.evaluate()
+
+    assert evaluate(target)["map50"] == pytest.approx(100.0)
+    # (the crowd IoU is intersection / detection area = 1 although the region is larger)
+    plain = evaluate({"boxes": target["boxes"], "labels": target["labels"]})
+    # FP then TP over one box: precision 1/2 at every recall point up to 1
+    assert plain["map50"] == pytest.approx(50.0)
 
 
 def test_task_loss_skips_unlabeled_images():

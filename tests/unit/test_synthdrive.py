@@ -269,3 +269,51 @@ def test_camera_files_hold_the_rendered_pinhole_and_give_back_the_road_plane(syn
     # (a road pixel touching an object's contact row may take its vertical difference on the object)
     exact = np.abs(normals[road] - [0, -1, 0]).max(axis=-1) < 1e-3
     assert exact.mean() > 0.9
+
+
+def test_every_image_is_listed_with_its_domain_attributes(synthdrive_tiny):
+    from mtwork.data.bdd100k import ATTRIBUTE_VALUES
+
+    for name in DOMAINS.names():  # every preset names valid BDD100K attribute values
+        domain = get_domain(name)
+        assert domain.weather in ATTRIBUTE_VALUES["weather"] and domain.timeofday in ATTRIBUTE_VALUES["timeofday"]
+    for split in ("train", "val"):
+        listed = json.loads((synthdrive_tiny / f"labels/attributes/attributes_{split}.json").read_text())
+        images = {p.name for s in ("100k", "10k") for p in (synthdrive_tiny / "images" / s / split).iterdir()}
+        assert [f["name"] for f in listed] == sorted(images)  # both sets, the shared ones once
+        det = {f["name"]: f["attributes"] for f in json.loads((synthdrive_tiny / f"labels/det_20/det_{split}.json").read_text())}
+        for frame in listed:
+            assert frame["attributes"]["weather"] == "clear" and frame["attributes"]["timeofday"] == "daytime"
+            assert frame["attributes"]["scene"] in ("city street", "residential", "highway")
+            assert det.get(frame["name"], frame["attributes"]) == frame["attributes"]
+
+
+def test_several_domains_in_one_root(tmp_path, generate):
+    from mtwork.data.bdd100k import BDD100KDataset
+
+    counts = {"det": {"train": 2, "val": 2}, "seg": {"train": 2, "val": 1}}
+    root = tmp_path / "multi"
+    summary = generate(root, domains=["clear_day", "dusk_fog"], counts=counts, overlap=0.5)
+    assert summary["domain"] is None and summary["domains"] == ["clear_day", "dusk_fog"]
+    per = summary["images_per_domain"]
+    assert per["clear_day"] == per["dusk_fog"] == {"100k": {"train": 2, "val": 2}, "10k": {"train": 2, "val": 1}}
+    assert summary["images"] == {"100k": {"train": 4, "val": 4}, "10k": {"train": 4, "val": 2}}
+    meta = json.loads((root / "synthdrive.json").read_text())
+    assert meta["domains"] == ["clear_day", "dusk_fog"] and set(meta["domains_params"]) == {"clear_day", "dusk_fog"}
+    # the one-domain form writes the same files for its domain: names hash the domain, so they are unique
+    single = tmp_path / "dusk"
+    generate(single, domain="dusk_fog", counts=counts, overlap=0.5)
+    dusk_names = {p.name for p in (single / "images/10k/val").iterdir()}
+    assert dusk_names < {p.name for p in (root / "images/10k/val").iterdir()}
+    for name in dusk_names:
+        assert (single / "images/10k/val" / name).read_bytes() == (root / "images/10k/val" / name).read_bytes()
+    # each domain is an attribute filter on the one root, for every task
+    tasks = ("semseg", "drivable", "det", "depth")
+    fog = BDD100KDataset(root, "val", tasks=tasks, attributes={"weather": "foggy", "timeofday": "dawn/dusk"})
+    assert set(fog.names) == {p.name for s in ("100k", "10k") for p in (single / "images" / s / "val").iterdir()}
+    assert fog.filter_counts == {"kept": len(fog), "other_attributes": len(fog), "unattributed": 0}
+    assert fog.labeled_counts()["semseg"] == 1
+    with pytest.raises(ValueError, match="distinct"):
+        generate(tmp_path / "x", domains=["night", "night"])
+    with pytest.raises(ValueError, match="not both"):
+        generate(tmp_path / "x", domain="night", domains=["clear_day"])

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from mtwork.data.batch import IMAGENET_MEAN, IMAGENET_STD, collate
-from mtwork.data.transforms import AugParams, EvalTransform, TrainTransform, normalize_image
+from mtwork.data.batch import IMAGENET_MEAN, IMAGENET_STD, boxes_to_orig, collate, dense_to_orig
+from mtwork.data.transforms import AugParams, EvalTransform, TrainTransform, letterbox_size, normalize_image
 
 H, W = 64, 112
 
@@ -109,7 +109,7 @@ def test_random_transform_keeps_box_on_the_mask_rectangle():
 
 def test_eval_transform_resizes_only_the_image():
     out = EvalTransform((32, 56))(_sample())
-    assert out["image"].shape == (3, 32, 56) and out["orig_size"] == (H, W)
+    assert out["image"].shape == (3, 32, 56) and out["orig_size"] == (H, W) and out["valid_size"] == (32, 56)
     assert out["semseg"].shape == (H, W) and out["semseg"].dtype == torch.int64
     assert out["det"]["boxes"].tolist() == [[20, 10, 40, 20], [0, 30, 3, 50]]
     # The red car, halved: thresholding the red channel at mid-grey gives the halved box exactly.
@@ -159,3 +159,58 @@ def test_dense_regression_labels_and_camera_follow_the_geometry():
     assert batch["labeled"]["normals"].tolist() == [True, False]
     assert torch.isnan(batch["camera"][1]).all() and not batch["normals"][1].any()
     assert (batch["edges"][1] == -1).all() and (batch["depth"][1] == 0).all()
+
+
+def test_eval_letterboxes_like_training_and_predictions_map_back_exactly():
+    """64x112 into 32x80: scale min(32/64, 80/112) = 0.5, valid 32x56, 24 padded columns on the right
+    (TrainTransform with scale factor 1, no crop, no flip). Hand-worked mapping back: x2 per axis."""
+    assert letterbox_size((H, W), (32, 80)) == (32, 56)
+    assert letterbox_size((720, 1280), (384, 640)) == (360, 640)  # BDD100K frames at the paper's input
+    out = EvalTransform((32, 80))(_sample())
+    train = TrainTransform((32, 80)).apply(_sample(), AugParams(scale=0.5, resized=(32, 56), crop=(0, 0), flip=False))
+    torch.testing.assert_close(out["image"], train["image"])  # the same pixels the network trained on
+    assert out["valid_size"] == (32, 56) and (out["image"][:, :, 56:] == 0).all()
+    assert out["semseg"].shape == (H, W)  # labels stay on disk's frame
+
+    batch = collate([out])
+    assert batch["valid_size"].tolist() == [[32, 56]] and batch["orig_size"].tolist() == [[H, W]]
+    # a box found in the input frame on the halved car, and one reaching into the padding
+    boxes = boxes_to_orig(torch.tensor([[10.0, 5.0, 20.0, 10.0], [50.0, 0.0, 70.0, 4.0]]), batch, 0)
+    assert boxes.tolist() == [[20.0, 10.0, 40.0, 20.0], [100.0, 0.0, 112.0, 8.0]]  # clipped at W = 112
+    # logits of the car class on the halved car (rows 5..9, cols 10..19) and, as garbage that must
+    # not leak in, everywhere in the padding; bilinear x2 + arg-max gives the on-disk mask exactly
+    logits = torch.zeros(19, 32, 80)
+    logits[0] = 1.0
+    logits[13, 5:10, 10:20] = 2.0
+    logits[13, :, 56:] = 5.0
+    pred = dense_to_orig(logits, batch, 0).max(dim=0).indices
+    assert pred.shape == (H, W)
+    assert torch.equal(pred, out["semseg"].long())
+    # the stretch to the whole input (what evaluation did before) would misplace it
+    stretched = dense_to_orig(logits, {k: v for k, v in batch.items() if k != "valid_size"}, 0).max(dim=0).indices
+    assert not torch.equal(stretched, out["semseg"].long())
+
+
+def test_eval_letterbox_pads_the_bottom_of_a_tall_image_and_no_size_keeps_it():
+    sample = {k: (np.ascontiguousarray(np.swapaxes(v, 0, 1)) if k in ("image", "semseg") else v)
+              for k, v in _sample().items() if k not in ("det", "drivable")}
+    sample["orig_size"] = (W, H)
+    out = EvalTransform((32, 56))(sample)  # 112x64 into 32x56: scale 32/112, valid 32x18
+    assert out["valid_size"] == (32, round(64 * 32 / 112)) == (32, 18)
+    assert (out["image"][:, :, 18:] == 0).all()
+    same = EvalTransform(None)(_sample())
+    assert same["valid_size"] == (H, W) and same["image"].shape == (3, H, W)
+
+
+def test_ignore_regions_follow_the_boxes_through_the_transforms():
+    sample = _sample()
+    sample["det"]["ignore_boxes"] = np.array([[60, 0, 80, 20]], np.float32)
+    sample["det"]["ignore_labels"] = np.array([3])
+    out = TrainTransform((32, 56)).apply(sample, AugParams(scale=0.5, resized=(32, 56), crop=(0, 0), flip=True))
+    # half scale -> (30, 0, 40, 10); flipped in 56 px -> (16, 0, 26, 10)
+    assert out["det"]["ignore_boxes"].tolist() == [[16.0, 0.0, 26.0, 10.0]] and out["det"]["ignore_labels"].tolist() == [3]
+    assert out["det"]["boxes"][0].tolist() == [36.0, 5.0, 46.0, 10.0]  # the objects as before
+    ev = EvalTransform((32, 56))(sample)
+    assert ev["det"]["ignore_boxes"].tolist() == [[60.0, 0.0, 80.0, 20.0]]  # on-disk frame
+    assert "ignore_boxes" not in TrainTransform((32, 56)).apply(
+        _sample(), AugParams(scale=0.5, resized=(32, 56), crop=(0, 0), flip=False))["det"]

@@ -5,6 +5,14 @@ the scene layout is drawn from the per-image random stream before any domain-dep
 the same seed gives the same streets in every domain (a pure appearance + camera shift), which is
 what the domain-transfer protocols need to measure.
 
+Each preset names the BDD100K frame attributes its frames carry (``weather``, ``timeofday``; the
+``scene`` attribute is per image, from the street type), so a SynthDrive domain is also an attribute
+domain (``BDD100KDataset(attributes=...)``), the same mechanism as real BDD100K's domains:
+
+    clear_day -> weather "clear", timeofday "daytime"
+    dusk_fog  -> weather "foggy", timeofday "dawn/dusk"
+    night     -> weather "clear", timeofday "night"
+
 Registered presets (``DOMAINS.names()``):
 
 * ``clear_day``  -- bright neutral daylight, blue sky with clouds, light aerial haze only (fog

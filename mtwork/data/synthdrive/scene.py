@@ -176,7 +176,7 @@ def sample_scene(
     """Draw one scene for an image of ``size`` (H, W).
 
     empty: no traffic participants, traffic lights or signs (an empty street; the det frame gets no
-    "labels" key). trailer: the ego lane holds a truck towing a trailer (a non-evaluated category).
+    "labels" key). trailer: the ego lane holds a truck towing a trailer (an ignore region in detection).
     """
     height_px, width_px = size
     camera = Camera(

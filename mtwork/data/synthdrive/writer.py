@@ -9,12 +9,23 @@ image sets overlap). ``counts`` are the numbers of files per image set: with cou
 {"det": {"train": 240}, "seg": {"train": 160}} and overlap 0.1, images/100k/train holds 240 images,
 16 of which are the shared ones, and images/10k/train holds 160.
 
+Frame attributes: every det frame carries the BDD100K ``attributes`` weather / timeofday (the
+domain's, ``mtwork.data.synthdrive.domains``) and scene (the image's street type), and
+``labels/attributes/attributes_<split>.json`` lists {name, attributes} for *every* image of the split
+(both sets), so attribute domains (``BDD100KDataset(attributes=...)``) select the segmentation-only
+images too.
+
+Several domains in one root: ``generate_synthdrive(root, domains=["clear_day", "night", ...])``
+writes each domain's ``counts`` images into the one BDD100K-layout root (file names hash the domain,
+so they are unique across domains; each domain's frames carry its attributes), e.g. a source domain
+and the DG domains as attribute filters on one data set. ``domain="clear_day"`` is the one-domain form.
+
 Determinism: image i of (image set, split) draws everything from
 ``numpy.random.default_rng([seed, set_code, split_code, i])``, so the same seed writes byte-identical
 files and changing a count adds or removes images without changing the others. Edge cases come on a
 fixed schedule so that even a tiny generation has them: image indices with i % 20 == 1 are empty
 streets (their det frame has no "labels" key) and i % 8 == 2 have a truck towing a trailer (labelled
-"trailer", a non-evaluated category; 255 in semseg).
+"trailer", an ignore region of truck in the official detection protocol; 255 in semseg).
 
 The whole data set is written into a temporary sibling directory and renamed into place at the end,
 so an interrupted generation never leaves a half-written ROOT.
@@ -37,7 +48,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -49,6 +60,7 @@ from mtwork.data.bdd100k import (
     DRIVABLE_DISK_IDS,
     SEMSEG_CLASSES,
     SPLITS,
+    attributes_json_path,
     det_json_path,
     encode_drivable,
     camera_dir,
@@ -97,6 +109,7 @@ class _Item:
     index: int
     name: str
     sets: Tuple[str, ...]
+    domain: str = ""
 
 
 def image_name(domain: str, seed: int, image_set: str, split: str, index: int) -> str:
@@ -133,11 +146,11 @@ def plan_items(
         n_shared = min(int(round(overlap * n_seg)), n_det)
         items = [
             _Item("10k", split, i, image_name(domain, seed, "10k", split, i),
-                  ("10k", "100k") if i < n_shared else ("10k",))
+                  ("10k", "100k") if i < n_shared else ("10k",), domain)
             for i in range(n_seg)
         ]
         items += [
-            _Item("100k", split, i, image_name(domain, seed, "100k", split, i), ("100k",))
+            _Item("100k", split, i, image_name(domain, seed, "100k", split, i), ("100k",), domain)
             for i in range(n_det - n_shared)
         ]
         plan[split] = items
@@ -182,10 +195,15 @@ def _encode(array: np.ndarray, fmt: str) -> bytes:
     return buf.getvalue()
 
 
+def frame_attributes(rendered: Rendered, domain: Domain) -> Dict[str, str]:
+    """The BDD100K frame attributes of one image: the domain's weather and time of day, its scene."""
+    return {"weather": domain.weather, "timeofday": domain.timeofday, "scene": rendered.scene}
+
+
 def _frame(name: str, rendered: Rendered, domain: Domain) -> Dict[str, Any]:
     frame: Dict[str, Any] = {
         "name": name,
-        "attributes": {"weather": domain.weather, "timeofday": domain.timeofday, "scene": rendered.scene},
+        "attributes": frame_attributes(rendered, domain),
         "timestamp": TIMESTAMP,
     }
     labels = []
@@ -217,18 +235,27 @@ def generate_synthdrive(
     counts: Optional[Mapping[str, Mapping[str, int]]] = None,
     overlap: float = 0.1,
     progress: bool = True,
+    domains: Optional[Sequence[str]] = None,
 ) -> Dict[str, Any]:
     """Generate SynthDrive into ``out_root`` (BDD100K layout); returns a summary dict.
 
-    domain: a name in ``DOMAINS``; image_size: (H, W) pixels; counts: images per image set and
-    split, {"det": {"train": n, "val": n}, "seg": {...}}; overlap: fraction of each split's seg
-    images also in the det set. A previous SynthDrive data set at ``out_root`` is replaced; any other
-    non-empty directory is refused. Summary keys: root, domain, seed, image_size, images
-    ({set: {split: n}}), shared ({split: n}), objects ({category: n}), non_evaluated ({category: n}),
-    empty_frames, seconds.
+    domain: a name in ``DOMAINS``; domains: several names instead (one root holding all of them, each
+    with ``counts`` images; module docstring); image_size: (H, W) pixels; counts: images per image set
+    and split (per domain), {"det": {"train": n, "val": n}, "seg": {...}}; overlap: fraction of each
+    split's seg images also in the det set. A previous SynthDrive data set at ``out_root`` is
+    replaced; any other non-empty directory is refused. Summary keys: root, domain (the name, or None
+    for several), domains, seed, image_size, images ({set: {split: n}}), images_per_domain ({domain:
+    {set: {split: n}}}), shared ({split: n}), objects ({category: n}), non_evaluated ({category: n}:
+    the ignore-region categories), empty_frames, seconds.
     """
     out_root = Path(out_root)
-    dom = get_domain(domain)
+    if domains is not None:
+        if isinstance(domains, str) or not domains or len(set(domains)) != len(domains):
+            raise ValueError(f"domains must be a non-empty list of distinct domain names, got {domains!r}")
+        if domain != "clear_day" and list(domains) != [domain]:
+            raise ValueError(f"give domain={domain!r} or domains={list(domains)!r}, not both")
+    doms = [get_domain(d) for d in (domains if domains is not None else [domain])]
+    dom = doms[0]
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if len(image_size) != 2 or any(not isinstance(s, int) or s < 16 for s in image_size):
@@ -237,7 +264,9 @@ def generate_synthdrive(
         raise ValueError(f"overlap must be in [0, 1], got {overlap!r}")
     counts_v = _validate_counts(DEFAULT_COUNTS if counts is None else counts)
     _prepare_root(out_root)
-    plan = plan_items(dom.name, seed, counts_v, overlap)
+    plans = {d.name: plan_items(d.name, seed, counts_v, overlap) for d in doms}
+    plan = {split: [item for d in doms for item in plans[d.name][split]] for split in SPLITS}
+    by_name = {d.name: d for d in doms}
     image_size = (int(image_size[0]), int(image_size[1]))
 
     start = time.perf_counter()
@@ -251,16 +280,20 @@ def generate_synthdrive(
     try:
         for split in SPLITS:
             for sub in (image_dir(tmp, "100k", split), image_dir(tmp, "10k", split),
+                        attributes_json_path(tmp, split).parent,
                         mask_dir(tmp, "semseg", split), mask_dir(tmp, "drivable", split),
                         mask_dir(tmp, "depth", split), camera_dir(tmp, split)):
                 sub.mkdir(parents=True, exist_ok=True)
         total = sum(len(items) for items in plan.values())
-        bar = tqdm(total=total, desc=f"SynthDrive {dom.name}", unit="img", file=sys.stderr,
-                   disable=not progress)
+        bar = tqdm(total=total, desc=f"SynthDrive {'+'.join(d.name for d in doms)}", unit="img",
+                   file=sys.stderr, disable=not progress)
         for split, items in plan.items():
             frames: List[Dict[str, Any]] = []
+            attribute_frames: List[Dict[str, Any]] = []
             for item in items:
-                rendered, camera = _render(item, dom, seed, image_size)
+                item_domain = by_name[item.domain]
+                rendered, camera = _render(item, item_domain, seed, image_size)
+                attribute_frames.append({"name": item.name, "attributes": frame_attributes(rendered, item_domain)})
                 stem = Path(item.name).stem
                 jpeg = _encode(rendered.image, "JPEG")
                 for image_set in item.sets:
@@ -275,7 +308,7 @@ def generate_synthdrive(
                 if "100k" in item.sets:
                     (mask_dir(tmp, "drivable", split) / f"{stem}.png").write_bytes(
                         _encode(encode_drivable(rendered.drivable), "PNG"))
-                    frames.append(_frame(item.name, rendered, dom))
+                    frames.append(_frame(item.name, rendered, item_domain))
                 bar.update(1)
             frames.sort(key=lambda f: f["name"])
             next_id = 0
@@ -291,15 +324,24 @@ def generate_synthdrive(
             path = det_json_path(tmp, split)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(frames, indent=None, separators=(",", ":")) + "\n")
+            attribute_frames.sort(key=lambda f: f["name"])
+            attributes_json_path(tmp, split).write_text(
+                json.dumps(attribute_frames, indent=None, separators=(",", ":")) + "\n")
         bar.close()
 
         images = {s: {sp: sum(s in it.sets for it in plan[sp]) for sp in SPLITS} for s in ("100k", "10k")}
+        per_domain = {d.name: {s: {sp: sum(s in it.sets for it in plans[d.name][sp]) for sp in SPLITS}
+                               for s in ("100k", "10k")} for d in doms}
         shared = {sp: sum(len(it.sets) == 2 for it in plan[sp]) for sp in SPLITS}
+        one = len(doms) == 1
         metadata = {
             "generator": "synthdrive",
             "version": GENERATOR_VERSION,
-            "domain": dom.name,
-            "domain_params": asdict(dom),
+            "domain": dom.name if one else None,
+            "domains": [d.name for d in doms],
+            # one domain: its parameters (what e.g. the caption writer reads); several: per domain
+            **({"domain_params": asdict(dom)} if one else {"domains_params": {d.name: asdict(d) for d in doms}}),
+            "images_per_domain": per_domain,
             "seed": seed,
             "image_size": list(image_size),
             "counts": counts_v,
@@ -317,6 +359,8 @@ def generate_synthdrive(
                 "depth": DEPTH_UNIT_DOC,
                 "camera": CAMERA_DOC,
                 "box2d": "inclusive pixel indices (Scalabel): x2 is the last covered column",
+                "attributes": "labels/attributes/attributes_<split>.json: Scalabel frames {name, attributes "
+                              "{weather, timeofday, scene}} of every image of the split (both image sets)",
                 "jpeg_quality": JPEG_QUALITY,
             },
             "label_ids": {
@@ -338,10 +382,12 @@ def generate_synthdrive(
         raise
     return {
         "root": str(out_root),
-        "domain": dom.name,
+        "domain": dom.name if len(doms) == 1 else None,
+        "domains": [d.name for d in doms],
         "seed": seed,
         "image_size": list(image_size),
         "images": images,
+        "images_per_domain": per_domain,
         "shared": shared,
         "objects": dict(sorted(objects.items())),
         "non_evaluated": dict(sorted(non_evaluated.items())),
