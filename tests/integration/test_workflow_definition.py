@@ -20,6 +20,8 @@ from typing import Dict, FrozenSet, List, Set, Tuple
 import pytest
 import yaml
 
+from mtwork.config import yaml_dump, yaml_load
+
 
 # dvc.yaml stage (before "@") -> the Snakemake rule that makes the same outputs
 DVC_STAGE_RULE = {
@@ -93,9 +95,9 @@ def _diff(a: Set[Key], b: Set[Key]) -> str:
 
 def _edit_params(wf: Path, edit) -> None:
     path = wf / "params.yaml"
-    params = yaml.safe_load(path.read_text())
+    params = yaml_load(path.read_text())
     edit(params)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    path.write_text(yaml_dump(params))
 
 
 def small_plan(wf: Path) -> None:
@@ -114,7 +116,7 @@ def small_plan(wf: Path) -> None:
         params["vit"]["paradigms"] = ["vtagml"]
 
     _edit_params(wf, edit)
-    params = resolve(yaml.safe_load((wf / "params.yaml").read_text()))
+    params = resolve(yaml_load((wf / "params.yaml").read_text()))
     dvc_path = wf / "dvc.yaml"
     dvc = yaml.safe_load(dvc_path.read_text())
     for entry in dvc["vars"]:
@@ -151,7 +153,7 @@ def test_snakemake_and_dvc_plan_the_same_jobs(workflow_dir: Path, variant: str, 
     smk = snakemake_plan(jobs)
     dvc = dvc_plan(workflow_dir)
     assert smk == dvc, _diff(smk, dvc)
-    params = yaml.safe_load((workflow_dir / "params.yaml").read_text())
+    params = yaml_load((workflow_dir / "params.yaml").read_text())
     n_runs = len(params["checkpoints"]["sources"]) * len(params["train"]["seeds"]) * (
         len(params["train"]["tasks"]) + len(params["train"]["paradigms"]) - 1
     )
@@ -187,7 +189,7 @@ def test_each_stage_tracks_the_params_its_rule_tracks(workflow_dir: Path, monkey
         base, _, item = stage.name.partition("@")
         rule = DVC_STAGE_RULE[base]
         if base == "import_checkpoint_vit":  # one stage, its source from vit.source
-            item = yaml.safe_load((workflow_dir / "params.yaml").read_text())["vit"]["source"]
+            item = yaml_load((workflow_dir / "params.yaml").read_text())["vit"]["source"]
         tracked = {k for d in stage.deps if isinstance(d, ParamsDependency) for k in d.params}
         expected = {k.format(source=item) for k in keys[rule]}
         assert tracked - {"scale"} == expected, f"{stage.name}: dvc.yaml {sorted(tracked)}, Snakemake {sorted(expected)}"
@@ -198,7 +200,7 @@ def test_each_stage_tracks_the_params_its_rule_tracks(workflow_dir: Path, monkey
 def test_dvc_vars_match_params(workflow_dir: Path):
     """dvc.yaml's `vars` spell what templating cannot compute: keep them equal to params.yaml."""
     dvc = yaml.safe_load((workflow_dir / "dvc.yaml").read_text())
-    params = yaml.safe_load((workflow_dir / "params.yaml").read_text())
+    params = yaml_load((workflow_dir / "params.yaml").read_text())
     multitask = next(v["multitask"] for v in dvc["vars"] if isinstance(v, dict) and "multitask" in v)
     assert multitask["tasks"] == "-".join(params["train"]["tasks"])
     assert multitask["paradigms"] == [p for p in params["train"]["paradigms"] if p != "single_task"]
@@ -259,7 +261,7 @@ def test_paper_scale_dry_run(workflow_dir: Path, tmp_path: Path, wt):
     rules = [j.rule for j in jobs]
     assert "generate_synthdrive" not in rules and "pretrain" not in rules and "train_vit" not in rules
     # no DG domain at paper scale: one metrics file per run, 7 runs per source and seed
-    seeds = yaml.safe_load((workflow_dir / "params.yaml").read_text())["train"]["seeds"]
+    seeds = yaml_load((workflow_dir / "params.yaml").read_text())["train"]["seeds"]
     assert all(len(j.outputs) == 7 * len(seeds) for j in jobs if j.rule == "evaluate")
     imports = {j.outputs[0]: j for j in jobs if j.rule == "import_checkpoint"}
     assert set(imports) == {"models/pretrained/supervised_imagenet.pt", "models/pretrained/moco_v2.pt"}
