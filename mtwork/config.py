@@ -27,6 +27,8 @@ from typing import Any, Dict, Iterable, Mapping
 
 import yaml
 
+from mtwork.checkpoints.catalog import quickgelu_config_for  # data only (stdlib): no torch imported here
+
 SCALES = ("embedded", "paper")
 DATASETS = ("synthdrive", "bdd100k")
 TASK_NAMES = ("semseg", "drivable", "det")
@@ -299,8 +301,6 @@ def _check_semantics(p: Dict[str, Any]) -> None:
 
 def _check_clip_activation(name: str, arch: str) -> None:
     """OpenAI's (and open_clip's) CLIP ResNet weights need open_clip's QuickGELU config: refuse the GELU one."""
-    from mtwork.checkpoints.catalog import quickgelu_config_for  # stdlib only: no torch imported here
-
     family, _, model = arch.partition(":")
     wanted = quickgelu_config_for(model) if family == "clip" else None
     if wanted:

@@ -187,7 +187,10 @@ def import_checkpoint(
             arch_from = arch_origin
         else:
             arch, arch_from = choose_arch(obj, conversion, arch, arch_origin, src_path)
-        expected = _expected_state(arch)
+        try:
+            expected = _expected_state(arch)
+        except CheckpointImportError as exc:  # e.g. a declared upstream name that timm does not know
+            raise CheckpointImportError(f"{exc} (arch from {arch_from}; give the mtwork arch with --arch)") from exc
 
         report = ImportReport(
             format=fmt,
@@ -229,7 +232,9 @@ def choose_arch(obj: Any, conversion: Conversion, requested: Optional[str] = Non
     """(arch, where it came from) for an upstream object and its conversion.
 
     1. The file declares one (``formats.declared_arch``): that one. A ``requested`` arch that names
-       another network is an error naming both (``origin`` says which setting requested it).
+       another network is an error naming both (``origin`` says which setting requested it), unless
+       the declared name is no architecture mtwork can build (an upstream's own naming): then the
+       requested one is used and the key/shape comparison decides.
     2. Else a ``requested`` arch is used as given (the key/shape comparison then checks it).
     3. Else the one architecture of ``INFERABLE_ARCHS`` whose keys and shapes the converted tensors fit;
        none or several is an error asking for the arch.
@@ -239,6 +244,9 @@ def choose_arch(obj: Any, conversion: Conversion, requested: Optional[str] = Non
     if declared is not None:
         if requested is None:
             return _family_arch(declared, conversion.state_dict), f"the file's '{field_name}' field"
+        if not same_arch(requested, declared) and not _buildable(_family_arch(declared, conversion.state_dict)):
+            # the upstream's own name for a network mtwork names otherwise: nothing to contradict
+            return requested, f"{origin} (the file's '{field_name}' field says '{declared}', no mtwork arch)"
         if not same_arch(requested, declared):
             # a setting (model.backbone, a catalog arch) is corrected there; a one-off request is left out
             fix = f"set {origin}: {declared}" if "." in origin else f"leave out {origin} to use the file's"
@@ -299,6 +307,14 @@ def _fits(shapes: Mapping[str, Tuple[int, ...]], expected: Mapping[str, Tuple[in
                for key, shape in expected.items())
 
 
+def _buildable(arch: str) -> bool:
+    try:
+        _arch_shapes(arch)
+    except (RuntimeError, ValueError, KeyError):  # timm's "Unknown model", unknown Swin/CLIP configs
+        return False
+    return True
+
+
 @functools.lru_cache(maxsize=None)
 def _arch_shapes(arch: str) -> Dict[str, Tuple[int, ...]]:
     """Keys and shapes of ``arch``'s feature extractor, built on the meta device: no memory, no init
@@ -345,7 +361,7 @@ def _unsafe_globals(src: Path) -> List[str]:
 def _expected_state(arch: str) -> Dict[str, torch.Tensor]:
     try:
         return expected_state(arch)
-    except RuntimeError as exc:  # timm: "Unknown model (...)"
+    except (RuntimeError, ValueError) as exc:  # timm: "Unknown model (...)"; unknown Swin-V2 configs
         raise CheckpointImportError(f"cannot build backbone '{arch}': {exc}") from exc
 
 

@@ -692,6 +692,18 @@ def test_arch_is_inferred_from_the_shapes_when_the_file_declares_none(tmp_path, 
     _assert_state_equal(saved["state_dict"], up.reference)
 
 
+def test_a_declared_name_mtwork_does_not_know_yields_to_the_requested_arch(tmp_path):
+    up = upstream("moco", optimizer=False)
+    up.obj["arch"] = "resnet18w2"  # an upstream's own naming (SwAV-style), no timm model
+    src = _save(up.obj, tmp_path / "moco.pth")
+    with pytest.raises(CheckpointImportError, match=r"cannot build backbone 'resnet18w2'.*\(arch from the file's "
+                                                    r"'arch' field; give the mtwork arch with --arch\)"):
+        import_checkpoint("moco", src, tmp_path / "o.pt")
+    report = import_checkpoint("moco", src, tmp_path / "o.pt", ARCH, arch_origin="--arch")
+    assert report.arch == ARCH and report.arch_from == "--arch (the file's 'arch' field says 'resnet18w2', no mtwork arch)"
+    _assert_state_equal(torch.load(tmp_path / "o.pt", weights_only=True)["state_dict"], up.reference)
+
+
 @pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2",
                                   "wide_resnet101_2", "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d"])
 def test_every_torchvision_resnet_is_recognised_by_its_shapes(name):
