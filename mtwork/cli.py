@@ -1,5 +1,6 @@
 """The ``mtwork`` console script: one subcommand per arrow of the data flow.
 
+    mtwork params             print the resolved settings (params file -> paper block -> --set) as YAML
     mtwork generate           SynthDrive -> data/synthdrive/<domain>/ (BDD100K layout)
     mtwork data check         validate a BDD100K-layout dataset (exit 1 on problems)
     mtwork pretrain           embedded SSL pretraining (MoCo v2, SimCLR, BYOL, DINO, DenseCL, tiny CLIP) -> upstream layout
@@ -30,7 +31,8 @@ def _add_params(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a parameter, e.g. --set train.epochs=3 (repeatable; value parsed as YAML)",
+        help="override a parameter, e.g. --set train.epochs=3 or --set train.lr=1e-4 (repeatable; the value "
+        "is YAML; overrides win over the paper block)",
     )
 
 
@@ -38,6 +40,21 @@ def _params(args: argparse.Namespace):
     from mtwork.config import load_params
 
     return load_params(args.params, args.overrides)
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    """Print the settings every command would run with. The output is itself a complete params file
+    (scale included, the paper block already applied): ``--params`` on it gives the same settings."""
+    from mtwork.config import ParamsError, merge_layers, read_params_file, validate, yaml_dump
+
+    params = merge_layers(read_params_file(args.params), args.overrides)
+    sys.stdout.write(yaml_dump(params))
+    try:
+        validate(params)
+    except ParamsError as exc:  # printed anyway: seeing the merged values is how one finds the culprit
+        print(f"mtwork params: these settings would be refused: {args.params}: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -112,20 +129,26 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> int:
     from mtwork.checkpoints.importer import import_checkpoint
 
     if args.source:
-        # Pipeline form: format, file and architecture come from params.yaml's checkpoint catalog.
+        # Pipeline form: format, file and architecture come from params.yaml's checkpoint catalog
+        # (the architecture from the entry's `arch`, else model.backbone); the file must agree.
         from mtwork.plan import source_arch, upstream_checkpoint_path
 
         params = _params(args)
         if args.source not in params["checkpoints"]["catalog"]:
             raise KeyError(f"checkpoint source '{args.source}' is not in checkpoints.catalog of {args.params}")
-        fmt = params["checkpoints"]["catalog"][args.source]["format"]
+        if args.arch is not None:
+            raise SystemExit("mtwork import-checkpoint: --arch is for the --format form; with --source the "
+                             "architecture is the catalog entry's `arch` or model.backbone")
+        entry = params["checkpoints"]["catalog"][args.source]
+        fmt = entry["format"]
         src, arch, out = upstream_checkpoint_path(params, args.source), source_arch(params, args.source), Path(args.src)
+        origin = f"checkpoints.catalog.{args.source}.arch" if entry.get("arch") else "model.backbone"
     else:
         if args.format is None or args.out is None:
             raise SystemExit("mtwork import-checkpoint: give --format FORMAT SRC OUT, or --source NAME OUT")
-        fmt, arch, out = args.format, args.arch, args.out
+        fmt, arch, out, origin = args.format, args.arch, args.out, "--arch"
         src = None if args.src in ("-", "none") else Path(args.src)
-    report = import_checkpoint(fmt, src, out, arch=arch, seed=args.seed)
+    report = import_checkpoint(fmt, src, out, arch=arch, seed=args.seed, arch_origin=origin)
     print(report.to_text())
     return 0
 
@@ -257,6 +280,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtwork", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
+    p = sub.add_parser(
+        "params",
+        help="print the resolved settings as YAML (exit 1 when they would be refused)",
+        description="Print the settings every mtwork command would use: the params file, then its `paper:` "
+        "block when scale is paper (also after --set scale=paper), then the --set overrides, which win. The "
+        "output is a complete params file (the paper block already applied): `--params` on it gives the same "
+        "settings. Exit 1, after printing, when validation refuses them (the reason goes to stderr).",
+    )
+    _add_params(p)
+    p.set_defaults(func=cmd_params)
+
     p = sub.add_parser("generate", help="write a SynthDrive domain in the BDD100K layout")
     _add_params(p)
     p.add_argument("--domain", required=True, action="append",
@@ -289,12 +323,16 @@ def build_parser() -> argparse.ArgumentParser:
         "import-checkpoint",
         help="convert an upstream checkpoint to backbone weights + provenance",
         description="Either `--format FORMAT [--arch A] SRC OUT`, or `--source NAME OUT` to take the format, "
-        "file and architecture from params.yaml's checkpoints.catalog.",
+        "file and architecture from params.yaml's checkpoints.catalog. The architecture must agree with the one "
+        "the file declares or its tensor shapes fit.",
     )
     _add_params(p)
     p.add_argument("--format", default=None, help="upstream format (moco, torchvision, timm, random, ...)")
     p.add_argument("--source", default=None, help="a checkpoints.catalog entry of the params file")
-    p.add_argument("--arch", default="resnet18", help="backbone architecture (timm name)")
+    p.add_argument("--arch", default=None,
+                   help="backbone architecture (a timm name, clip:<open_clip name> or swin:<name>); default: the "
+                        "one the file declares (e.g. MoCo's `arch`), else the one its tensor shapes fit; needed only "
+                        "when the file is ambiguous, and an error when it contradicts the file")
     p.add_argument("--seed", type=int, default=0, help="initialisation seed for --format random")
     p.add_argument("src", help="upstream file ('-' for --format random); with --source: OUT")
     p.add_argument("out", type=Path, nargs="?", default=None)

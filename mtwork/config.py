@@ -1,16 +1,33 @@
 """params.yaml: loading, ``key=value`` overrides, the paper-scale switch, and validation.
 
-``load_params`` returns the *resolved* parameters as a plain nested dict: when ``scale`` is
-"paper", the ``paper:`` block is merged over the defaults. Every leaf is checked against
-``SCHEMA``; unknown keys (typos) and wrong types are errors that name the dotted key.
+``load_params`` returns the *resolved* parameters as a plain nested dict, in three layers:
+
+1. ``params.yaml`` (as written, e.g. after ``dvc exp run -S`` edited it), without its ``paper:`` block;
+2. the ``paper:`` block merged over it, when ``scale`` is "paper" (in the file *or* in an override:
+   ``--set scale=paper`` applies the block);
+3. the user's overrides (``--set KEY=VALUE``; Snakemake's ``--config``/``--configfile`` values, which
+   rules/common.smk turns into ``--set``) merged last, so they win over the paper block too.
+   An override of a ``paper.*`` key edits the block itself.
+
+Merging is recursive for mappings; any other value (a list included) replaces the one below it.
+Every leaf is checked against ``SCHEMA``; unknown keys (typos) and wrong types are errors that name
+the dotted key.
+
+All settings YAML (params files, ``--set`` values, Snakemake's config values) is read with one loader,
+``yaml_load``: PyYAML's safe loader (YAML 1.1) plus YAML 1.2's float notation, so ``1e-4``, ``3E5``,
+``1.0e12``, ``-2e-3`` and ``.5`` are numbers, as DVC (YAML 1.2) reads them; ``yaml_dump`` writes what
+``yaml_load`` reads back unchanged.
 """
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping
 
 import yaml
+
+from mtwork.checkpoints.catalog import quickgelu_config_for  # data only (stdlib): no torch imported here
 
 SCALES = ("embedded", "paper")
 DATASETS = ("synthdrive", "bdd100k")
@@ -115,6 +132,39 @@ class ParamsError(ValueError):
     """params.yaml (or an override) is invalid; the message names the dotted key."""
 
 
+# ---- the one YAML dialect of settings -------------------------------------------------------------
+
+# Floats of YAML 1.2's core schema that YAML 1.1 (PyYAML) reads as strings: an exponent without a dot
+# or without a sign (1e-4, 3E5, 1.0e12, -2e-3, 1.e5) and a leading-dot number with an unsigned
+# exponent (.5e3). Plain integers do not match (they stay ints: the int resolver also runs first).
+_FLOAT_12 = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+|\.[0-9][0-9_]*[eE][-+]?[0-9]+)$")
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+_FLOAT_FIRST = list("-+0123456789.")
+
+
+class SettingsLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader plus YAML 1.2 float notation (see ``_FLOAT_12``); nothing else changes."""
+
+
+class SettingsDumper(yaml.SafeDumper):
+    """PyYAML's SafeDumper that quotes every string ``SettingsLoader`` would read as a float."""
+
+
+SettingsLoader.add_implicit_resolver(_FLOAT_TAG, _FLOAT_12, _FLOAT_FIRST)
+SettingsDumper.add_implicit_resolver(_FLOAT_TAG, _FLOAT_12, _FLOAT_FIRST)
+
+
+def yaml_load(text_or_stream: Any) -> Any:
+    """Settings YAML (a string or an open file) -> Python objects; raises ``yaml.YAMLError``."""
+    return yaml.load(text_or_stream, Loader=SettingsLoader)
+
+
+def yaml_dump(obj: Any) -> str:
+    """``obj`` as block-style YAML (lists of scalars in flow style) that ``yaml_load`` reads back equal."""
+    return yaml.dump(obj, Dumper=SettingsDumper, sort_keys=False, default_flow_style=None, width=120,
+                     allow_unicode=True)
+
+
 def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> Dict[str, Any]:
     """Recursively merge ``over`` into a copy of ``base`` (dicts merge, everything else replaces)."""
     out = copy.deepcopy(dict(base))
@@ -127,14 +177,20 @@ def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> Dict[str, An
 
 
 def parse_override(text: str) -> Dict[str, Any]:
-    """``"train.epochs=3"`` -> ``{"train": {"epochs": 3}}`` (the value is parsed as YAML, like ``dvc exp run -S``)."""
+    """``"train.epochs=3"`` -> ``{"train": {"epochs": 3}}`` (the value is parsed with ``yaml_load``, like
+    ``dvc exp run -S``: ``train.lr=1e-4`` gives the float 0.0001)."""
     if "=" not in text:
         raise ParamsError(f"override '{text}' is not of the form key.path=value")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else None
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ParamsError(f"override '{text}': '{key.strip()}' is not a dotted key path")
+    try:
+        value = yaml_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"override '{text}': the value is not valid YAML ({exc})") from None
     node: Dict[str, Any] = {}
     cursor = node
-    parts = key.strip().split(".")
     for part in parts[:-1]:
         cursor = cursor.setdefault(part, {})
     cursor[parts[-1]] = value
@@ -220,6 +276,7 @@ def _check_semantics(p: Dict[str, Any]) -> None:
             raise ParamsError(f"'checkpoints.catalog.{name}.arch' must be a string (a timm name or clip:<open_clip name>)")
         if not isinstance(entry.get("path"), _opt_str):
             raise ParamsError(f"'checkpoints.catalog.{name}.path' must be a string or null, got {entry.get('path')!r}")
+        _check_clip_activation(name, entry.get("arch", ""))
     for i, source in enumerate(ckpt["sources"]):
         if source not in ckpt["catalog"]:
             raise ParamsError(
@@ -247,6 +304,18 @@ def _check_semantics(p: Dict[str, Any]) -> None:
     _check_vit(p)
     if data["dataset"] == "bdd100k" and not data["bdd100k_root"]:
         raise ParamsError("'data.bdd100k_root' is null: the bdd100k dataset needs the folder holding images/ and labels/")
+
+
+def _check_clip_activation(name: str, arch: str) -> None:
+    """OpenAI's (and open_clip's) CLIP ResNet weights need open_clip's QuickGELU config: refuse the GELU one."""
+    family, _, model = arch.partition(":")
+    wanted = quickgelu_config_for(model) if family == "clip" else None
+    if wanted:
+        raise ParamsError(
+            f"'checkpoints.catalog.{name}.arch' = '{arch}': every published {model} CLIP weight (OpenAI's, "
+            f"open_clip's) was trained with QuickGELU, and open_clip's '{model}' config builds GELU, which "
+            f"silently changes the text embeddings: use 'clip:{wanted}'"
+        )
 
 
 def _check_vit(p: Dict[str, Any]) -> None:
@@ -280,29 +349,57 @@ def _check_vit(p: Dict[str, Any]) -> None:
         raise ParamsError(f"'vit.input_size' must be [H, W], multiples of 32 (the Swin's stride), got {size}")
 
 
-def resolve(raw: Mapping[str, Any], overrides: Iterable[str] = ()) -> Dict[str, Any]:
-    """Apply overrides, merge the paper block when scale is paper, and validate."""
+def merge_layers(raw: Mapping[str, Any], overrides: Iterable[str] = ()) -> Dict[str, Any]:
+    """The resolved settings *before* validation: ``raw`` (a params file's content) without its
+    ``paper:`` block, then that block when the scale is "paper", then ``overrides`` (see the module doc).
+
+    ``mtwork params`` prints this even when validation fails; everything else calls ``resolve``.
+    """
     params = copy.deepcopy(dict(raw))
+    paper = params.pop("paper", None) or {}
+    user: Dict[str, Any] = {}
     for text in overrides:
-        params = deep_merge(params, parse_override(text))
-    paper = params.pop("paper", {}) or {}
-    if params.get("scale") == "paper":
+        user = deep_merge(user, parse_override(text))
+    if "paper" in user:  # `--set paper.train.epochs=3` edits the block: it is no setting of its own
+        edit = user.pop("paper")
+        paper = deep_merge(paper, edit) if isinstance(edit, Mapping) and isinstance(paper, Mapping) else edit or {}
+    if not isinstance(paper, Mapping):
+        raise ParamsError(f"'paper' must be a mapping of the settings that scale: paper changes, got {paper!r}")
+    if user.get("scale", params.get("scale")) == "paper":
         params = deep_merge(params, paper)
+    return deep_merge(params, user)
+
+
+def validate(params: Mapping[str, Any]) -> None:
+    """Raise ``ParamsError`` (naming the dotted key) unless ``params`` are complete, typed and consistent."""
     _check(params, SCHEMA, "")
-    _check_semantics(params)
+    _check_semantics(dict(params))
+
+
+def resolve(raw: Mapping[str, Any], overrides: Iterable[str] = ()) -> Dict[str, Any]:
+    """``merge_layers`` (params file -> paper block at paper scale -> overrides), then ``validate``."""
+    params = merge_layers(raw, overrides)
+    validate(params)
     return params
 
 
-def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = ()) -> Dict[str, Any]:
+def read_params_file(path: str | Path = "params.yaml") -> Dict[str, Any]:
+    """A params file's content as written (no layers applied), read with ``yaml_load``."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml_load(path.read_text())
     except FileNotFoundError:
         raise ParamsError(f"parameter file not found: {path}") from None
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(raw, Mapping):
         raise ParamsError(f"{path}: the top level must be a mapping")
+    return dict(raw)
+
+
+def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = ()) -> Dict[str, Any]:
+    """The resolved, validated settings of params file ``path`` with ``overrides`` (``KEY=VALUE`` texts)."""
+    raw = read_params_file(path)
     try:
         return resolve(raw, overrides)
     except ParamsError as exc:

@@ -17,7 +17,10 @@ from mtwork import workflow as mtworkflow
 PARAMS_FILE = "params.yaml"
 
 
-# ---- overrides: config values that differ from params.yaml ---------------------------------------
+# ---- overrides: the user's config values ----------------------------------------------------------
+# Snakemake's `config` is params.yaml (the configfile) with the user's --configfile files and --config
+# values merged over it. Those user values become `--set` overrides of every mtwork command, which
+# mtwork.config applies last: after the paper block, so they win at paper scale too.
 
 
 def _flatten(node, prefix=""):
@@ -34,14 +37,15 @@ def _flatten(node, prefix=""):
 
 
 def _retype(value):
-    """Snakemake parses nested --config values with YAML's BaseLoader (all strings): re-type them."""
+    """Snakemake reads nested --config values with YAML's BaseLoader (all strings) and config files with
+    YAML 1.1 (`1e-4` a string): re-read strings with mtwork's settings loader (`1e-4` a float)."""
     if isinstance(value, list):
         return [_retype(v) for v in value]
     if isinstance(value, dict):
         return {k: _retype(v) for k, v in value.items()}
     if isinstance(value, str):
         try:
-            parsed = yaml.safe_load(value)
+            parsed = mtconfig.yaml_load(value)
         except yaml.YAMLError:
             return value
         return value if isinstance(parsed, (dict, list)) else parsed
@@ -49,18 +53,26 @@ def _retype(value):
 
 
 def _yaml_text(value):
-    """A value as `--set` text that yaml.safe_load reads back unchanged (plain when possible)."""
+    """A value as `--set` text that mtwork's loader reads back unchanged (plain when possible)."""
     if isinstance(value, str):
         try:
-            if value and "\n" not in value and yaml.safe_load(value) == value:
+            if value and "\n" not in value and mtconfig.yaml_load(value) == value:
                 return value
         except yaml.YAMLError:
             pass
     return json.dumps(value)  # JSON is YAML flow style
 
 
-def config_overrides(file_params, cfg):
-    """Sorted ["dotted.key=value", ...] for every config leaf that differs from params.yaml."""
+def _within(key, keys):
+    """Whether dotted `key` is one of `keys`, under one, or above one."""
+    return any(key == k or key.startswith(f"{k}.") or k.startswith(f"{key}.") for k in keys)
+
+
+def config_overrides(file_params, cfg, user=None):
+    """Sorted ["dotted.key=value", ...]: every leaf of Snakemake's `cfg` that differs from params.yaml
+    (`file_params`), and, at paper scale, every leaf that the user gave explicitly (`user`: Snakemake's
+    --configfile/--config values; None where unknown) under a key the paper block sets, even when it
+    equals params.yaml: `--config scale=paper model__backbone=resnet18` must keep resnet18."""
     base = _flatten(file_params)
     overrides = {}
     for key, value in _flatten(dict(cfg)).items():
@@ -70,12 +82,27 @@ def config_overrides(file_params, cfg):
         if key in base and base[key] == value:
             continue
         overrides[key] = value
+    merged = _flatten(dict(cfg))
+    if user and _retype(merged.get("scale")) == "paper":
+        paper_keys = [k[len("paper."):] for k in merged if k.startswith("paper.")]
+        for key in _flatten(dict(user)):
+            if key not in overrides and _within(key, paper_keys):
+                overrides[key] = _retype(merged[key])
     return [f"{key}={_yaml_text(value)}" for key, value in sorted(overrides.items())]
 
 
-with open(PARAMS_FILE) as _fh:
-    FILE_PARAMS = yaml.safe_load(_fh)
-OVERRIDES = config_overrides(FILE_PARAMS, config)
+def user_config():
+    """The user's --configfile/--config values as Snakemake read them (files first, then --config),
+    or None outside a Snakemake run (tests exec this file with a plain `config`)."""
+    settings = getattr(globals().get("workflow"), "config_settings", None)
+    return getattr(settings, "overwrite_config", None)
+
+
+try:
+    FILE_PARAMS = mtconfig.read_params_file(PARAMS_FILE)
+except mtconfig.ParamsError as exc:
+    raise ValueError(str(exc)) from None
+OVERRIDES = config_overrides(FILE_PARAMS, config, user_config())
 try:
     P = mtconfig.resolve(FILE_PARAMS, OVERRIDES)  # the resolved params the DAG is planned from
 except mtconfig.ParamsError as exc:

@@ -20,6 +20,7 @@ This module is data only (stdlib), so the CLI, the docs and the tests can read i
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -30,8 +31,9 @@ class UpstreamSource:
 
     name: the source name (``checkpoints.catalog`` in params.yaml uses the same names).
     format: the converter in ``mtwork.checkpoints.formats.CHECKPOINT_FORMATS`` that reads the file.
-    arch: what the file holds (``resnet50``: the torchvision/timm ResNet-50 keys after conversion;
-        ``clip_rn50``: CLIP's modified ResNet-50, a different network).
+    arch: the mtwork backbone arch of the network the file holds (``resnet50``: the torchvision/timm
+        ResNet-50 keys after conversion; ``clip:RN50-quickgelu``: CLIP's modified ResNet-50, a different
+        network, in the QuickGELU open_clip config its weights were trained with).
     file_name: the published file name (where ``fetch_source`` puts or expects it).
     url: direct download URL, or None when there is none (see ``notes``).
     sha256 / sha256_prefix / md5_prefix: the checksums the publisher gives (full digest / leading hex).
@@ -182,19 +184,20 @@ _ENTRIES = (
     UpstreamSource(
         name="clip_rn50",
         format="clip",
-        arch="clip_rn50",
+        arch="clip:RN50-quickgelu",
         file_name="RN50.pt",
         url="https://openaipublic.azureedge.net/clip/models/"
         "afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762/RN50.pt",
         sha256="afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762",
         page="open_clip pretrained.py: RN50 'openai' (read from the installed open_clip_torch 3.3.0)",
         notes="OpenAI's weights as open_clip lists them: a TorchScript archive of CLIP's modified ResNet-50 "
-        "(attention pooling, 3-conv stem), not a torchvision ResNet-50. The sha256 is the URL's path component.",
+        "(attention pooling, 3-conv stem), not a torchvision ResNet-50, trained with QuickGELU (open_clip config "
+        "'RN50-quickgelu'; its 'RN50' config has GELU). The sha256 is the URL's path component.",
     ),
     UpstreamSource(
         name="clip_rn50_yfcc15m",
         format="clip",
-        arch="clip_rn50",
+        arch="clip:RN50-quickgelu",
         file_name="rn50-quickgelu-yfcc15m-455df137.pt",
         url="https://github.com/mlfoundations/open_clip/releases/download/v0.2-weights/"
         "rn50-quickgelu-yfcc15m-455df137.pt",
@@ -203,6 +206,20 @@ _ENTRIES = (
         notes="Trained by open_clip on YFCC-15M; quick-GELU model config ('RN50-quickgelu').",
     ),
 )
+
+# open_clip's ModifiedResNet CLIP configs (RN50, RN101, RN50x4, RN50x16, RN50x64). Every published weight
+# for them, OpenAI's release and open_clip's own (yfcc15m, cc12m), was trained with QuickGELU
+# (x * sigmoid(1.702 x)); open_clip's configs of these names build nn.GELU, its "<name>-quickgelu" twins
+# QuickGELU (open_clip pretrained.py marks every RN* tag quick_gelu=True). The parameters are the same,
+# so loading into the GELU config raises nothing and silently shifts every text embedding.
+_CLIP_RESNET = re.compile(r"RN\d+(?:x\d+)?")
+
+
+def quickgelu_config_for(model_name: str) -> Optional[str]:
+    """The open_clip config that published weights of ``model_name`` need, when ``model_name`` is not it:
+    ``"RN50"`` -> ``"RN50-quickgelu"``; None for a QuickGELU config or any other name (ViTs, the tiny CLIP)."""
+    return f"{model_name}-quickgelu" if _CLIP_RESNET.fullmatch(model_name) else None
+
 
 #: name -> UpstreamSource, in table order.
 SOURCES: Dict[str, UpstreamSource] = {entry.name: entry for entry in _ENTRIES}

@@ -14,7 +14,8 @@ Upstream layout (open_clip's ``CLIP.state_dict()``, as written by open_clip's tr
 The file may hold the state dict itself or ``{"state_dict": ..., "epoch": ..., "name": ...,
 "optimizer": ...}`` (open_clip's training checkpoints), and keys may carry DistributedDataParallel's
 ``module.`` prefix. (OpenAI's original ``RN50.pt`` is a TorchScript archive, not a pickled dict: load
-it once with ``open_clip.create_model("RN50", pretrained="openai")`` and save ``state_dict()``.)
+it once with ``open_clip.create_model("RN50-quickgelu", pretrained="openai")`` and save ``state_dict()``;
+its mtwork arch is ``clip:RN50-quickgelu``: OpenAI trained it with QuickGELU.)
 
 Kept: the image tower's trunk, renamed ``visual.X`` -> ``X`` (the key names of
 ``mtwork.models.clip_backbone.CLIPResNetFeatures``, a subclass of open_clip's ModifiedResNet).
@@ -23,7 +24,7 @@ global embedding that dense tasks do not use, and its positional embedding is ti
 size), the whole text tower, ``logit_scale``/``logit_bias`` and every other top-level entry. The text
 tower is not lost: the LV-Adapter reads it from the same upstream file (``mtwork.methods.lv_adapter``).
 
-A leaf module: stdlib, torch and ``mtwork.checkpoints.formats``' result types only.
+A leaf module: stdlib, torch and ``mtwork.checkpoints.formats``' registry and result types only.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from typing import Any, Dict, List, Mapping, Tuple
 
 import torch
 
-from mtwork.checkpoints.formats import CheckpointFormatError, Conversion
+from mtwork.checkpoints.formats import CHECKPOINT_FORMATS, CheckpointFormatError, Conversion
 
 VISUAL_PREFIX = "visual."
 ATTNPOOL_PREFIX = "visual.attnpool."
@@ -44,6 +45,7 @@ _VIT_MARKERS = ("visual.class_embedding", "visual.trunk.", "visual.transformer."
 _TEXT_MARKERS = ("token_embedding.weight", "text.")
 
 
+@CHECKPOINT_FORMATS.register("open_clip")
 def convert_open_clip_visual(obj: Any) -> Conversion:
     """Keep the ResNet image-tower trunk of an open_clip CLIP checkpoint (see the module docstring).
 

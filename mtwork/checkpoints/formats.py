@@ -61,6 +61,30 @@ def convert(fmt: str, obj: Any) -> Conversion:
     return CHECKPOINT_FORMATS.get(fmt)(obj)
 
 
+# Where upstream training scripts record the network they trained, looked up in this order: a top-level
+# ``arch`` (facebookresearch/moco v1/v2 and moco-v3 ``main_moco.py``, DetCo, timm's ``train.py``, mtwork's
+# embedded pretraining), the saved argparse namespace of DINO (``args.arch``) and PixPro (``opt.arch``),
+# and torchvision's ``references/classification/train.py`` (``args.model``). Only these documented
+# fields count: a name elsewhere in a file (an experiment name, a config path) is no declaration.
+ARCH_FIELDS: Tuple[Tuple[str, ...], ...] = (("arch",), ("args", "arch"), ("opt", "arch"), ("args", "model"))
+
+
+def declared_arch(obj: Any) -> Tuple[Optional[str], Optional[str]]:
+    """(architecture name, field) that an upstream file declares, e.g. ``("resnet50", "arch")`` for a
+    MoCo checkpoint or ``("resnet50", "args.arch")`` for DINO's; ``(None, None)`` when it declares none.
+
+    The name is the upstream's own (torchvision/timm model names for every layout above)."""
+    if not isinstance(obj, Mapping):
+        return None, None
+    for path in ARCH_FIELDS:
+        node: Any = obj
+        for part in path:
+            node = node.get(part) if isinstance(node, Mapping) else getattr(node, part, None)
+        if isinstance(node, str) and node:
+            return node, ".".join(path)
+    return None, None
+
+
 # --------------------------------------------------------------------------- shared helpers
 
 
@@ -681,11 +705,7 @@ def _convert_detco(obj: Any) -> Conversion:
     return _convert_layouts(obj, "detco", _DETCO)
 
 
-def _register_open_clip() -> None:
-    # The CLIP image tower's converter lives in its own leaf module (it imports Conversion from here).
-    from mtwork.checkpoints.clip_format import convert_open_clip_visual
-
-    CHECKPOINT_FORMATS.register("open_clip")(convert_open_clip_visual)
-
-
-_register_open_clip()
+# The CLIP image tower's converter lives in its own module, which registers itself as "open_clip".
+# Imported here, last, so the registry is complete whichever of the two modules is imported first
+# (a plain import of a module that is still initialising returns it, where a from-import would fail).
+import mtwork.checkpoints.clip_format  # noqa: E402,F401

@@ -15,8 +15,11 @@ Input normalisation: mtwork batches are normalised with ImageNet mean/std; CLIP 
 OpenAI's mean/std. The backbone maps one to the other with a fixed per-channel affine map (exact,
 not learned), so a CLIP checkpoint sees the statistics it was trained on.
 
-Model names are open_clip's (``RN50``, ``RN101``, ...) plus the embedded tiny config
-``MTWORK_TINY_CLIP_NAME``, registered through ``open_clip.add_model_config`` on first use.
+Model names are open_clip's plus the embedded tiny config ``MTWORK_TINY_CLIP_NAME``, registered through
+``open_clip.add_model_config`` on first use. Published CLIP ResNet weights (OpenAI's RN50, RN101, ...)
+were trained with QuickGELU: their configs are ``RN50-quickgelu`` etc.; ``create_clip_model`` refuses
+weights for the GELU-config names (``mtwork.checkpoints.catalog.quickgelu_config_for``). The activation
+only acts in the text tower, so the image backbone is the same either way.
 Vision-Transformer CLIP towers have no multi-scale maps and are refused with a clear error.
 """
 from __future__ import annotations
@@ -33,6 +36,7 @@ from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.modified_resnet import ModifiedResNet
 from torch import nn
 
+from mtwork.checkpoints.catalog import quickgelu_config_for
 from mtwork.data.batch import IMAGENET_MEAN, IMAGENET_STD
 
 #: The embedded CLIP (trained on SynthDrive by ``mtwork.pretrain.clip``), 128x128 input.
@@ -91,7 +95,7 @@ def clip_model_config(name: str) -> Dict[str, Any]:
     config = open_clip.get_model_config(name)
     if config is None:  # RuntimeError as timm's "Unknown model", which the importer reports
         raise RuntimeError(
-            f"unknown open_clip model '{name}' (e.g. {MTWORK_TINY_CLIP_NAME}, RN50, RN101, RN50x4; "
+            f"unknown open_clip model '{name}' (e.g. {MTWORK_TINY_CLIP_NAME}, RN50-quickgelu, RN101-quickgelu; "
             "see open_clip.list_models())"
         )
     return config
@@ -102,8 +106,17 @@ def create_clip_model(name: str, pretrained: str | Path | None = None) -> nn.Mod
 
     ``pretrained``: an open_clip checkpoint file (a state dict, or ``{"state_dict": ...}``, keys
     possibly prefixed ``module.``) or one of open_clip's tags; None: random initialisation.
+    Weights for a GELU config whose published weights all need QuickGELU (``RN50`` and the other
+    ResNet towers) are refused, naming the config to use (``RN50-quickgelu``).
     """
     clip_model_config(name)  # registers / validates the name
+    wanted = quickgelu_config_for(name)
+    if pretrained is not None and wanted is not None:
+        raise ValueError(
+            f"open_clip model '{name}' with weights {pretrained}: every published {name} CLIP weight (OpenAI's, "
+            f"open_clip's yfcc15m/cc12m) was trained with QuickGELU, but open_clip's '{name}' config builds GELU, "
+            f"which silently changes every text embedding: use '{wanted}' (arch clip:{wanted})"
+        )
     if pretrained is not None and str(pretrained) not in open_clip.list_pretrained_tags_by_model(name):
         if not Path(pretrained).is_file():
             raise FileNotFoundError(f"CLIP checkpoint not found: {pretrained}")

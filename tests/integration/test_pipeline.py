@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
+
+from mtwork.config import read_params_file
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +48,7 @@ def test_tiny_pipeline_end_to_end(workflow_dir: Path, wt):
     wt.snakemake(wf, "--profile", "profiles/local", "results/tables", "--config", *TINY, timeout=3600)
     elapsed = time.perf_counter() - t0
 
-    params = yaml.safe_load((wf / "params.yaml").read_text())
+    params = read_params_file(wf / "params.yaml")
     sources = ["random", "moco_v2"]
     paradigms = params["train"]["paradigms"]
     tables, figures = wf / "results" / "tables", wf / "results" / "figures"

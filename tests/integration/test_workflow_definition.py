@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from mtwork import workflow
+from mtwork.config import yaml_dump, yaml_load
 
 
 def _argv(cmd: str) -> Tuple[str, ...]:
@@ -52,9 +53,9 @@ def _covered(key: str, tracked: List[str]) -> bool:
 
 def _edit_params(wf: Path, edit) -> None:
     path = wf / "params.yaml"
-    params = yaml.safe_load(path.read_text())
+    params = yaml_load(path.read_text())
     edit(params)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    path.write_text(yaml_dump(params))
 
 
 def small_plan(wf: Path) -> None:
@@ -124,7 +125,7 @@ def test_jobs_write_into_their_stage_and_read_earlier_stages(workflow_dir: Path,
         for path in job.inputs:
             if path in producer and _stage_of(producer[path]) is not stage:
                 assert _under(path, stage.deps), (job.rule, path, stage.deps)
-    params = yaml.safe_load((workflow_dir / "params.yaml").read_text())
+    params = yaml_load((workflow_dir / "params.yaml").read_text())
     from mtwork.config import resolve
     from mtwork.plan import embedded_pretrain_sources, plan_runs, plan_vit_runs
 
@@ -144,7 +145,7 @@ def test_each_stage_tracks_the_keys_its_jobs_read(workflow_dir: Path, wt):
     """Every key a planned job reads (and every key deciding which jobs exist) is a param of its stage."""
     from mtwork.config import resolve
 
-    params = resolve(yaml.safe_load((workflow_dir / "params.yaml").read_text()))
+    params = resolve(yaml_load((workflow_dir / "params.yaml").read_text()))
     pipeline = yaml.safe_load((workflow_dir / "dvc.yaml").read_text())["stages"]
     for job in wt.dry_run(workflow_dir, "results/tables"):
         if job.rule == "all":
@@ -202,7 +203,7 @@ def test_paper_scale_dry_run(workflow_dir: Path, tmp_path: Path, wt):
     rules = [j.rule for j in jobs]
     assert "generate_synthdrive" not in rules and "pretrain" not in rules and "evaluate_vit" not in rules
     # no DG domain at paper scale: one metrics file per run, 7 runs per source and seed
-    seeds = yaml.safe_load((workflow_dir / "params.yaml").read_text())["train"]["seeds"]
+    seeds = yaml_load((workflow_dir / "params.yaml").read_text())["train"]["seeds"]
     assert all(len(j.outputs) == 7 * len(seeds) for j in jobs if j.rule == "evaluate")
     imports = {j.outputs[0]: j for j in jobs if j.rule == "import_checkpoint"}
     assert set(imports) == {"models/pretrained/supervised_imagenet.pt", "models/pretrained/moco_v2.pt"}

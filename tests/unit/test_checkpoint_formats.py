@@ -26,8 +26,8 @@ import torchvision
 from torch import nn
 
 from mtwork.checkpoints import importer as importer_module
-from mtwork.checkpoints.formats import CHECKPOINT_FORMATS, CheckpointFormatError, convert
-from mtwork.checkpoints.importer import CheckpointImportError, import_checkpoint
+from mtwork.checkpoints.formats import CHECKPOINT_FORMATS, CheckpointFormatError, convert, declared_arch
+from mtwork.checkpoints.importer import CheckpointImportError, fitting_archs, import_checkpoint
 from mtwork.models.backbones import create_backbone, create_features_model, expected_state
 
 # A helper beside this file (tests/ has no __init__.py, so pytest puts this directory on sys.path).
@@ -304,13 +304,20 @@ def test_moco_converter_refuses_a_plain_resnet_state_dict():
         convert("moco", torchvision.models.resnet18().state_dict())
 
 
-def test_moco_import_of_a_resnet34_file_into_resnet18_is_refused(tmp_path):
+def test_moco_file_declaring_resnet34_contradicts_a_resnet18_request(tmp_path):
     torch.manual_seed(0)
     state = {f"module.encoder_q.{k}": v for k, v in timm.create_model("resnet34").state_dict().items()}
-    torch.save({"epoch": 1, "arch": "resnet34", "state_dict": state}, tmp_path / "r34.pth")
+    obj = {"epoch": 1, "arch": "resnet34", "state_dict": state}
+    torch.save(obj, tmp_path / "r34.pth")
+    with pytest.raises(CheckpointImportError, match=r"r34\.pth: the requested arch is 'resnet18' but the file "
+                                                    r"declares arch 'resnet34' \(its 'arch' field\)"):
+        import_checkpoint("moco", tmp_path / "r34.pth", tmp_path / "o.pt", ARCH)
+    # Without the declaration the key comparison refuses it, and says which network the shapes are.
+    del obj["arch"]
+    torch.save(obj, tmp_path / "r34.pth")
     with pytest.raises(CheckpointImportError, match=r"unexpected \d+ keys: layer1\.2\.") as info:
         import_checkpoint("moco", tmp_path / "r34.pth", tmp_path / "o.pt", ARCH)
-    assert "arch=resnet34" in str(info.value)  # the upstream note explains the mismatch
+    assert "its tensor shapes fit 'resnet34'" in str(info.value)
     assert not (tmp_path / "o.pt").exists() and not (tmp_path / "o.json").exists()
 
 
@@ -606,3 +613,131 @@ def test_timm_swinv2_imports_as_the_swin_family(tmp_path):
     with pytest.raises(CheckpointImportError, match="layers.3.blocks.1.mlp.fc2.weight"):
         import_checkpoint("timm", tmp_path / "truncated.pth", tmp_path / "t.pt", "swin:mtwork_swinv2_tiny")
     assert not (tmp_path / "t.pt").exists()
+
+
+# --------------------------------------------------------------------------- the architecture a file holds
+
+
+def test_declared_arch_is_read_from_the_fields_each_upstream_writes():
+    # moco/detco/moco-v3 main_moco.py: top-level arch; DINO: args (argparse) .arch; PixPro: opt.arch;
+    # torchvision references/classification/train.py: args.model. OpenMMLab and bare state dicts: none.
+    assert declared_arch(_cached("moco").obj) == (ARCH, "arch")
+    assert declared_arch(_cached("moco_v3").obj) == (ARCH, "arch")
+    assert declared_arch(_cached("detco").obj) == (ARCH, "arch")
+    assert declared_arch(_cached("dino").obj) == (ARCH, "args.arch")
+    assert declared_arch(_cached("pixpro").obj) == (ARCH, "opt.arch")
+    reference = {"model": {}, "args": argparse.Namespace(model="resnet101", lr=0.1)}
+    assert declared_arch(reference) == ("resnet101", "args.model")
+    for fmt in ("byol", "densecl", "swav", "torchvision", "timm"):
+        assert declared_arch(_cached(fmt).obj) == (None, None), fmt
+    assert declared_arch(None) == (None, None) and declared_arch([1]) == (None, None)
+
+
+def _moco_v2_resnet50(tmp_path: Path):
+    enc = layouts.constant_encoder("resnet50")
+    src = tmp_path / "moco_v2_800ep_pretrain.pth.tar"
+    torch.save(layouts.build_moco_v2_file(enc, "resnet50"), src)
+    return enc, src
+
+
+def test_moco_v2_resnet50_release_imports_as_the_arch_it_declares(tmp_path):
+    """The issue's case: moco_v2_800ep_pretrain.pth.tar (arch 'resnet50') without --arch."""
+    enc, src = _moco_v2_resnet50(tmp_path)
+    report = import_checkpoint("moco", src, tmp_path / "moco_v2.pt")
+    assert report.arch == "resnet50" and report.arch_from == "the file's 'arch' field"
+    assert "import moco -> resnet50 (the file's 'arch' field)" in report.to_text()
+    saved = torch.load(tmp_path / "moco_v2.pt", weights_only=True)
+    assert saved["arch"] == "resnet50" and saved["provenance"]["arch_from"] == "the file's 'arch' field"
+    assert list(saved["state_dict"]) == list(enc)  # torchvision's resnet50 keys, in order
+    for key, value in enc.items():  # every tensor under its own name (key i holds i + 1)
+        assert saved["state_dict"][key].shape == value.shape and torch.equal(saved["state_dict"][key], value), key
+    assert json.loads((tmp_path / "moco_v2.json").read_text())["arch_from"] == "the file's 'arch' field"
+
+
+def test_arch_that_contradicts_the_file_is_an_error_naming_both(tmp_path, capsys):
+    from mtwork.cli import main
+
+    _, src = _moco_v2_resnet50(tmp_path)
+    out = tmp_path / "out" / "moco.pt"
+    assert main(["import-checkpoint", "--format", "moco", "--arch", "resnet18", str(src), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--arch is 'resnet18' but the file declares arch 'resnet50' (its 'arch' field)" in err
+    assert "leave out --arch to use the file's" in err
+    # the same spelling with a timm pretrained tag is no contradiction (checked before any model is built)
+    from mtwork.checkpoints.importer import same_arch
+
+    assert same_arch("resnet50.a1_in1k", "resnet50") and not same_arch("resnet18", "resnet50")
+    assert same_arch("swin:mtwork_swinv2_tiny", "mtwork_swinv2_tiny")
+    # The pipeline form: the architecture comes from model.backbone (no catalog arch) and must agree too.
+    params = Path(__file__).resolve().parents[2] / "params.yaml"
+    argv = ["import-checkpoint", "--params", str(params), "--set", f"checkpoints.catalog.moco_v2.path={src}",
+            "--set", "model.backbone=resnet18", "--source", "moco_v2", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "model.backbone is 'resnet18' but the file declares arch 'resnet50'" in err
+    assert "set model.backbone: resnet50" in err
+    assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+def test_arch_is_inferred_from_the_shapes_when_the_file_declares_none(tmp_path, capsys):
+    from mtwork.cli import main
+
+    up = upstream("torchvision")  # a bare torchvision resnet18 state dict: no arch anywhere
+    src = _save(up.obj, tmp_path / "resnet18-f37072fd.pth")
+    out = tmp_path / "r18.pt"
+    assert main(["import-checkpoint", "--format", "torchvision", str(src), str(out)]) == 0
+    assert "import torchvision -> resnet18 (inferred from the tensor shapes)" in capsys.readouterr().out
+    saved = torch.load(out, weights_only=True)
+    assert saved["arch"] == ARCH and saved["provenance"]["arch_from"] == "inferred from the tensor shapes"
+    _assert_state_equal(saved["state_dict"], up.reference)
+
+
+def test_a_declared_name_mtwork_does_not_know_yields_to_the_requested_arch(tmp_path):
+    up = upstream("moco", optimizer=False)
+    up.obj["arch"] = "resnet18w2"  # an upstream's own naming (SwAV-style), no timm model
+    src = _save(up.obj, tmp_path / "moco.pth")
+    with pytest.raises(CheckpointImportError, match=r"cannot build backbone 'resnet18w2'.*\(arch from the file's "
+                                                    r"'arch' field; give the mtwork arch with --arch\)"):
+        import_checkpoint("moco", src, tmp_path / "o.pt")
+    report = import_checkpoint("moco", src, tmp_path / "o.pt", ARCH, arch_origin="--arch")
+    assert report.arch == ARCH and report.arch_from == "--arch (the file's 'arch' field says 'resnet18w2', no mtwork arch)"
+    _assert_state_equal(torch.load(tmp_path / "o.pt", weights_only=True)["state_dict"], up.reference)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2",
+                                  "wide_resnet101_2", "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d"])
+def test_every_torchvision_resnet_is_recognised_by_its_shapes(name):
+    # torchvision's own network (the reference), on the meta device: its trunk fits exactly one arch.
+    with torch.device("meta"):
+        state = {k: v for k, v in getattr(torchvision.models, name)().state_dict().items() if not k.startswith("fc.")}
+    assert fitting_archs(state) == [name]
+    old = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}  # pre-0.4.1 files
+    assert fitting_archs(old) == [name]
+
+
+def test_known_architectures_have_distinct_shapes():
+    from mtwork.checkpoints.importer import INFERABLE_ARCHS, _arch_shapes
+
+    layouts_seen = {}
+    for arch in INFERABLE_ARCHS:
+        layout = tuple(_arch_shapes(arch).items())
+        assert layout not in layouts_seen, f"{arch} has the shapes of {layouts_seen.get(layout)}"
+        layouts_seen[layout] = arch
+
+
+def test_ambiguous_or_unknown_shapes_ask_for_the_arch(tmp_path, monkeypatch):
+    from mtwork.checkpoints import importer
+
+    src = _save(layouts.constant_encoder("resnet50"), tmp_path / "r50.pth")  # a bare state dict, no arch
+    # timm's anti-aliased resnetaa50 has resnet50's parameter shapes (its pools have none): the shapes
+    # cannot tell them apart, which is why INFERABLE_ARCHS leaves it out.
+    monkeypatch.setattr(importer, "INFERABLE_ARCHS", ("resnet18", "resnet50", "resnetaa50"))
+    with pytest.raises(CheckpointImportError, match=r"r50\.pth: declares no architecture and its tensor shapes fit "
+                                                    r"2 architectures \(resnet50, resnetaa50\): give the arch"):
+        import_checkpoint("torchvision", src, tmp_path / "o.pt")
+    monkeypatch.setattr(importer, "INFERABLE_ARCHS", ("resnet18", "resnet34"))
+    with pytest.raises(CheckpointImportError, match=r"fit none of the known ones \(resnet18, resnet34\)"):
+        import_checkpoint("torchvision", src, tmp_path / "o.pt")
+    with pytest.raises(CheckpointImportError, match="format 'random' has no upstream file to read the architecture"):
+        import_checkpoint("random", None, tmp_path / "o.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r50.pth"]

@@ -24,6 +24,7 @@ from mtwork.models.clip_backbone import (
     MTWORK_TINY_CLIP_NAME,
     CLIPResNetFeatures,
     clip_model_config,
+    clip_tokenizer,
     create_clip_model,
     tiny_clip_name,
 )
@@ -240,3 +241,62 @@ def test_open_clip_import_through_the_importer_and_truncated_refusal(tmp_path):
     with pytest.raises(CheckpointImportError, match="layer4.0.conv1"):
         import_checkpoint("open_clip", tmp_path / "cut.pt", tmp_path / "cut_out.pt", arch=TINY_ARCH)
     assert not (tmp_path / "cut_out.pt").exists()
+
+
+# ---------------------------------------------------------------------------------------- QuickGELU
+
+
+def test_openai_resnet_weights_need_the_quickgelu_config(tmp_path):
+    """open_clip's 'RN50' (GELU) and 'RN50-quickgelu' have the same parameters, so OpenAI's weights load
+    into either without a word; only the text tower's activation differs. mtwork refuses the first."""
+    import math
+
+    from open_clip.transformer import QuickGELU
+
+    from mtwork.checkpoints.catalog import SOURCES, quickgelu_config_for
+    from mtwork.methods.lv_adapter import load_text_tower
+
+    torch.manual_seed(0)
+    quick = create_clip_model("RN50-quickgelu").eval()  # no weights: random init
+    gelu = create_clip_model("RN50").eval()
+    assert gelu.load_state_dict(quick.state_dict(), strict=True)  # nothing to tell them apart by keys
+    act_q, act_g = quick.transformer.resblocks[0].mlp.gelu, gelu.transformer.resblocks[0].mlp.gelu
+    assert isinstance(act_q, QuickGELU) and isinstance(act_g, torch.nn.GELU)
+    x = torch.tensor([-2.0, -1.0, 1.0, 2.0])
+    # QuickGELU x * sigmoid(1.702 x) (CLIP's) and the exact GELU x * Phi(x), worked out with math
+    want_q = torch.tensor([v / (1 + math.exp(-1.702 * v)) for v in x.tolist()])
+    want_g = torch.tensor([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x.tolist()])
+    torch.testing.assert_close(act_q(x), want_q, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(act_g(x), want_g, rtol=1e-6, atol=1e-6)
+    assert (want_q - want_g).abs().min() > 4e-3  # e.g. 0.8458 vs 0.8413 at x = 1
+    tokens = clip_tokenizer("RN50-quickgelu")(["a photo of a car", "drivable road"])
+    with torch.no_grad():
+        a, b = quick.encode_text(tokens), gelu.encode_text(tokens)
+        assert torch.equal(a, quick.encode_text(tokens))  # deterministic: any gap below is the activation
+    assert (a - b).abs().max() > 1e-4
+
+    # the GELU name with weights is refused, naming the config to use (file or tag, before any load)
+    for pretrained in (tmp_path / "RN50.pt", "openai"):
+        with pytest.raises(ValueError, match=r"trained with QuickGELU.*use 'RN50-quickgelu' \(arch clip:RN50-quickgelu\)"):
+            create_clip_model("RN50", pretrained)
+    with pytest.raises(ValueError, match="use 'RN50-quickgelu'"):
+        load_text_tower("RN50", tmp_path / "RN50.pt")  # the LV-Adapter's text tower
+    assert quickgelu_config_for("RN50x16") == "RN50x16-quickgelu"
+    assert quickgelu_config_for("RN50-quickgelu") is None and quickgelu_config_for(MTWORK_TINY_CLIP_NAME) is None
+    for source in SOURCES.values():  # the published CLIP files are catalogued with their QuickGELU config
+        if source.format == "clip":
+            assert source.arch == "clip:RN50-quickgelu", source.name
+
+
+def test_clip_resnet_architecture_is_inferred_from_the_file(tmp_path):
+    from mtwork.checkpoints.importer import fitting_archs, import_checkpoint
+
+    # an OpenAI-layout RN101 state dict (open_clip's keys), on the meta device: its image tower is
+    # recognised as RN101 in its QuickGELU config (the GELU config is no candidate)
+    full = open_clip.create_model("RN101-quickgelu", device="meta").state_dict()
+    assert fitting_archs(convert_open_clip_visual(full).state_dict) == ["clip:RN101-quickgelu"]
+    # an open_clip file of the tiny CLIP imports without an arch
+    source = _tiny_clip().state_dict()
+    torch.save({"epoch": 1, "name": MTWORK_TINY_CLIP_NAME, "state_dict": source}, tmp_path / "clip.pt")
+    report = import_checkpoint("open_clip", tmp_path / "clip.pt", tmp_path / "out.pt")
+    assert report.arch == TINY_ARCH and report.arch_from == "inferred from the tensor shapes"

@@ -3,7 +3,18 @@ from pathlib import Path
 
 import pytest
 
-from mtwork.config import ParamsError, load_params, parse_override
+import math
+
+from mtwork.config import (
+    ParamsError,
+    load_params,
+    merge_layers,
+    parse_override,
+    read_params_file,
+    resolve,
+    yaml_dump,
+    yaml_load,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = ROOT / "params.yaml"
@@ -34,6 +45,8 @@ def test_override_parses_yaml_values():
         ("checkpoints.sources=[random, swav]", "checkpoints.sources[1]"),
         ("checkpoints.sources=[supervised_imagenet]", "checkpoints.catalog.supervised_imagenet.path"),
         ("scale=huge", "scale"),
+        # OpenAI's RN50 weights were trained with QuickGELU: open_clip's plain RN50 config is refused
+        ("checkpoints.catalog.openclip_rn50.arch=clip:RN50", "checkpoints.catalog.openclip_rn50.arch"),
     ],
 )
 def test_bad_values_name_the_key(override, key):
@@ -115,3 +128,132 @@ def test_vit_paradigms_agree_with_the_plan():
     from mtwork.plan import VIT_PARADIGMS as PLANNED
 
     assert set(VIT_PARADIGMS) == set(PLANNED) - {"single_task"}
+
+
+# ---- the order of the layers: params file -> paper block (at paper scale) -> the user's overrides ----
+
+
+def _paper_files(tmp_path):
+    """--set overrides that give the paper scale every file it needs (placeholders: nothing reads them)."""
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"x")
+    return [f"data.bdd100k_root={tmp_path}"] + [
+        f"checkpoints.catalog.{name}.path={weights}" for name in ("moco_v2", "supervised_imagenet", "openclip_rn50")]
+
+
+def test_user_overrides_win_over_the_paper_block(tmp_path):
+    raw = read_params_file(PARAMS)
+    paper = raw["paper"]
+    assert paper["train"]["epochs"] == 36 and paper["model"]["backbone"] == "resnet50"  # what the block sets
+    p = resolve(raw, ["scale=paper", *_paper_files(tmp_path), "train.epochs=3", "train.adapt_epochs=1",
+                      "model.backbone=resnet18",  # the embedded default's value: it still wins
+                      "checkpoints.sources=[moco_v2]",  # a list replaces the block's list
+                      "data.dg_domains=[night, rainy]"])
+    assert (p["train"]["epochs"], p["train"]["adapt_epochs"], p["model"]["backbone"]) == (3, 1, "resnet18")
+    assert p["checkpoints"]["sources"] == ["moco_v2"] and p["data"]["dg_domains"] == ["night", "rainy"]
+    # everything the user did not set still comes from the block
+    assert p["model"]["fpn_channels"] == paper["model"]["fpn_channels"] == 256
+    assert p["train"]["lr"] == paper["train"]["lr"] and p["data"]["dataset"] == "bdd100k"
+    # a user override of a key inside a mapping the block sets leaves the block's siblings alone
+    p = merge_layers(raw, ["scale=paper", "model={lv: {num_context: 4}}"])
+    assert p["model"]["lv"] == {**raw["model"]["lv"], **paper["model"]["lv"], "num_context": 4}
+
+
+def test_scale_paper_from_an_override_or_the_file_applies_the_block(tmp_path):
+    raw = read_params_file(PARAMS)
+    from_override = merge_layers(raw, ["scale=paper", "train.epochs=3"])
+    edited = dict(raw, scale="paper")  # what `dvc exp run -S scale=paper` leaves in params.yaml
+    from_file = merge_layers(edited, ["train.epochs=3"])
+    assert from_override == from_file
+    assert from_file["scale"] == "paper" and from_file["train"]["batch_size"] == raw["paper"]["train"]["batch_size"]
+    # `paper.*` overrides edit the block itself: used at paper scale, ignored at embedded scale
+    assert merge_layers(raw, ["scale=paper", "paper.train.batch_size=2"])["train"]["batch_size"] == 2
+    assert merge_layers(raw, ["paper.train.batch_size=2"])["train"]["batch_size"] == raw["train"]["batch_size"]
+    assert "paper" not in merge_layers(raw, ["paper.train.batch_size=2"])
+    with pytest.raises(ParamsError, match="'paper' must be a mapping"):
+        merge_layers(raw, ["paper=3"])
+
+
+def test_overrides_at_embedded_scale_leave_the_paper_block_out():
+    raw = read_params_file(PARAMS)
+    p = resolve(raw, ["train.epochs=4", "checkpoints.sources=[moco_v2]", "model.fpn_channels=32"])
+    assert (p["train"]["epochs"], p["model"]["fpn_channels"], p["model"]["backbone"]) == (4, 32, "resnet18")
+    assert p["checkpoints"]["sources"] == ["moco_v2"] and p["train"]["batch_size"] == raw["train"]["batch_size"]
+    # later overrides win over earlier ones, dicts merge, lists replace
+    p = merge_layers(raw, ["train.seeds=[0, 1, 2]", "train.seeds=[5]", "train={epochs: 7}", "train.lr=0.1"])
+    assert p["train"]["seeds"] == [5] and (p["train"]["epochs"], p["train"]["lr"]) == (7, 0.1)
+
+
+# ---- numbers in every common notation --------------------------------------------------------------
+
+NOTATIONS = ["1e-4", "3E5", "1.0e12", "-2e-3", ".5", "1.e5", "+1E+2", "2.5e-1", "0.0002", "1.0e-4"]
+
+
+@pytest.mark.parametrize("text", NOTATIONS)
+def test_numbers_in_every_notation_are_floats(text, tmp_path):
+    want = float(text)  # Python's float() is the reference reading
+    value = yaml_load(text)
+    assert isinstance(value, float) and value == want
+    assert parse_override(f"train.lr={text}") == {"train": {"lr": want}}
+    assert load_params(PARAMS, [f"train.weight_decay={text}"])["train"]["weight_decay"] == want
+    # in a params file, at both levels of the paper switch
+    path = tmp_path / "params.yaml"
+    path.write_text(PARAMS.read_text().replace("  lr: 0.002\n", f"  lr: {text}\n", 1)
+                    .replace("    lr: 0.0002\n", f"    lr: {text}\n", 1))
+    assert read_params_file(path)["train"]["lr"] == want and read_params_file(path)["paper"]["train"]["lr"] == want
+    assert load_params(path)["train"]["lr"] == want
+    assert merge_layers(read_params_file(path), ["scale=paper"])["train"]["lr"] == want
+
+
+def test_integers_strings_and_round_trips_keep_their_types():
+    assert yaml_load("3") == 3 and isinstance(yaml_load("-12"), int) and yaml_load("0x1F") == 31
+    assert yaml_load("1e") == "1e" and yaml_load("e5") == "e5" and yaml_load("v1.0e3") == "v1.0e3"
+    assert yaml_load("'1e-4'") == "1e-4"  # quoted: a string
+    assert math.isinf(yaml_load(".inf"))
+    tricky = {"a": "1e-4", "b": 1e-12, "c": 0.0002, "d": "3", "e": "yes", "f": None, "g": [1, "2E5", 2.5e-7],
+              "h": "null", "i": 3e5, "j": "-2e-3"}
+    assert yaml_load(yaml_dump(tricky)) == tricky
+
+
+def test_values_that_dvc_writes_into_params_yaml_read_as_numbers(tmp_path):
+    """`dvc exp run -S` writes the file with its own YAML dumper (1e-12 without a dot): mtwork reads it."""
+    hydra = pytest.importorskip("dvc.utils.hydra")
+    path = tmp_path / "params.yaml"
+    path.write_text(PARAMS.read_text())
+    hydra.apply_overrides(str(path), ["train.lr=1e-12", "train.weight_decay=3E-5", "vit.lr=1.0e-4"])
+    written = path.read_text()
+    assert "lr: 1e-12" in written  # YAML 1.1 (PyYAML's safe_load) would read this as a string
+    p = load_params(path)
+    assert (p["train"]["lr"], p["train"]["weight_decay"], p["vit"]["lr"]) == (1e-12, 3e-5, 1e-4)
+
+
+# ---- mtwork params ----------------------------------------------------------------------------------
+
+
+def test_mtwork_params_prints_the_check_of_the_issue(capsys):
+    from mtwork.cli import main
+
+    rc = main(["params", "--params", str(PARAMS), "--set", "scale=paper", "--set", "train.epochs=3"])
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert "  epochs: 3" in lines and "  backbone: resnet50" in lines
+    printed = yaml_load(out)
+    assert printed["train"]["epochs"] == 3 and printed["model"]["backbone"] == "resnet50" and "paper" not in printed
+    # printed although incomplete: the paper block's 12 adapt epochs do not fit 3 epochs, and the data is missing
+    assert rc == 1 and "would be refused" in err and "train.adapt_epochs" in err
+
+
+@pytest.mark.parametrize("scale", ["embedded", "paper"])
+def test_mtwork_params_output_is_a_params_file_of_the_same_settings(scale, tmp_path, capsys):
+    from mtwork.cli import main
+
+    overrides = ["train.lr=1e-4", "train.seeds=[3]"]
+    if scale == "paper":
+        overrides += ["scale=paper", *_paper_files(tmp_path), "train.epochs=4", "train.adapt_epochs=2"]
+    argv = ["params", "--params", str(PARAMS)] + [w for o in overrides for w in ("--set", o)]
+    assert main(argv) == 0
+    printed = tmp_path / "resolved.yaml"
+    printed.write_text(capsys.readouterr().out)
+    resolved = load_params(PARAMS, overrides)
+    assert load_params(printed) == resolved  # the paper block is applied already; the file has none
+    assert resolved["train"]["lr"] == 1e-4 and resolved["scale"] == scale

@@ -10,11 +10,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-import yaml
 
 from mtwork.checkpoints import catalog
 from mtwork.checkpoints.catalog import SOURCES, UpstreamSource, markdown_table
 from mtwork.checkpoints.download import DownloadError, download, fetch_source
+from mtwork.config import read_params_file
 
 REPO = Path(__file__).resolve().parents[2]
 PAYLOAD = os.urandom(3 * (1 << 20) + 12345)  # > one read chunk, not a multiple of it
@@ -222,7 +222,7 @@ def test_torchvision_entries_match_the_installed_torchvision():
 
 
 def test_params_yaml_sources_agree_with_the_catalog():
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = read_params_file(REPO / "params.yaml")
     for name, entry in params["checkpoints"]["catalog"].items():
         if name in SOURCES:
             assert SOURCES[name].format == entry["format"], name

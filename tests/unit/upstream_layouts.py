@@ -246,7 +246,7 @@ def build_dino() -> Upstream:
     student_backbone = decoys(shapes(encoder()), -1.0)
     teacher = prefixed("module.", {**prefixed("backbone.", encoder()), **decoys(dino_head(), 2.0)})
     student = prefixed("module.", {**prefixed("backbone.", student_backbone), **decoys(dino_head(), -3.0)})
-    args = argparse.Namespace(arch="resnet50", out_dim=65536, use_bn_in_head=False, epochs=800, lr=0.03)
+    args = argparse.Namespace(arch=ARCH, out_dim=65536, use_bn_in_head=False, epochs=800, lr=0.03)
     obj = {"student": student, "teacher": teacher, "optimizer": optimizer_state(), "epoch": 800, "args": args,
            "dino_loss": {"center": torch.zeros(1, 65536)}}
     return _upstream(obj, "teacher", "module.backbone.", student_backbone)
@@ -294,7 +294,7 @@ def build_pixpro() -> Upstream:
         **decoys(pixpro_mlp2d("projector_k", width(), 4096, 256), -1.0),
         **decoys(conv1x1("value_transform", 256, 256), 0.5),
     })
-    opt = argparse.Namespace(arch="resnet50", model="PixPro", head_type="early_return", epochs=400,
+    opt = argparse.Namespace(arch=ARCH, model="PixPro", head_type="early_return", epochs=400,
                              pixpro_transform_layer=1, pixpro_ins_loss_weight=0.0, amp_opt_level="O1")
     obj = {"opt": opt, "model": model, "optimizer": optimizer_state(),
            "scheduler": {"last_epoch": 400, "base_lrs": [1.0]}, "epoch": 400,
@@ -332,6 +332,46 @@ def build_detco() -> Upstream:
     }
     obj = {"epoch": 200, "arch": ARCH, "state_dict": state, "optimizer": optimizer_state()}
     return _upstream(obj, "state_dict", "module.encoder_q.", {k: key_encoder[k] for k in encoder()})
+
+
+# --------------------------------------------------------------------------- full-size networks
+
+
+def constant_encoder(arch: str) -> Dict[str, torch.Tensor]:
+    """torchvision ``arch``'s trunk (its ``state_dict()`` keys and shapes without ``fc``, read on the meta
+    device) with key ``i`` holding the constant ``i + 1`` (BN step counters as int64 ``i + 1``).
+
+    Each tensor is a scalar expanded to its shape, so a 25 M-parameter ResNet-50 costs bytes until the
+    importer copies it, and a key that lands under another key's name shows as the wrong constant."""
+    import torchvision
+
+    with torch.device("meta"):
+        model = getattr(torchvision.models, arch)()
+    layout = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    out = {}
+    for i, (key, shape) in enumerate(layout.items()):
+        dtype = torch.long if key.endswith("num_batches_tracked") else torch.float32
+        out[key] = torch.tensor(i + 1, dtype=dtype).expand(shape)
+    return out
+
+
+def build_moco_v2_file(enc: Dict[str, torch.Tensor], arch: str, queue: int = 65536) -> dict:
+    """facebookresearch/moco ``main_moco.py`` checkpoint of MoCo v2 (``--mlp``, dim 128) around the query
+    encoder ``enc`` (torchvision keys), as ``moco_v2_800ep_pretrain.pth.tar`` is for ``arch`` resnet50::
+
+        {"epoch", "arch", "optimizer", "state_dict": {"module.queue", "module.queue_ptr",
+         "module.encoder_q.<enc>", "module.encoder_q.fc.{0,2}.*", "module.encoder_k.*"}}
+    """
+    width = [v.shape[0] for k, v in enc.items() if k.startswith("layer4.") and v.dim() == 4][-1]
+    head = {**linear("fc.0", width, width), **linear("fc.2", 128, width)}
+    state = {
+        **decoys({"queue": (128, queue)}, 0.25, "module."),
+        "module.queue_ptr": torch.zeros(1, dtype=torch.long),
+        **prefixed("module.encoder_q.", enc),
+        **decoys(head, 1.0, "module.encoder_q."),
+        **decoys({**shapes(enc), **head}, -2.0, "module.encoder_k."),
+    }
+    return {"epoch": 800, "arch": arch, "state_dict": state, "optimizer": optimizer_state()}
 
 
 # --------------------------------------------------------------------------- SimCLR v2 (Separius)
