@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping
+from typing import Any, Dict, Iterable, List, Mapping
 
 import yaml
 
@@ -395,6 +395,54 @@ def read_params_file(path: str | Path = "params.yaml") -> Dict[str, Any]:
     if not isinstance(raw, Mapping):
         raise ParamsError(f"{path}: the top level must be a mapping")
     return dict(raw)
+
+
+def flatten(node: Any, prefix: str = "") -> Dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: dotted keys of the leaves (lists and scalars are leaves)."""
+    if isinstance(node, Mapping) and node:
+        out: Dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(flatten(value, _join(prefix, str(key))))
+        return out
+    return {prefix: node}
+
+
+def override_text(key: str, value: Any) -> str:
+    """``KEY=VALUE`` that ``parse_override`` reads back as ``value`` (JSON is YAML flow style)."""
+    import json
+
+    if isinstance(value, str) and value and "\n" not in value and yaml_load(value) == value:
+        return f"{key}={value}"
+    return f"{key}={json.dumps(value)}"
+
+
+#: Set by ``dvc exp run`` for the commands of its stages: the git revision the experiment starts from.
+DVC_EXP_BASELINE_ENV = "DVC_EXP_BASELINE_REV"
+
+
+def experiment_overrides(path: str | Path = "params.yaml") -> List[str]:
+    """Inside ``dvc exp run``: the values the experiment changed in params file ``path`` (its ``-S``
+    values and uncommitted edits), as overrides ``KEY=VALUE``, sorted; [] outside an experiment.
+
+    DVC writes ``-S`` values into params.yaml itself, where they would be the base layer and the paper
+    block would beat them. Compared with the experiment's baseline revision (``git show REV:path``),
+    they become what they are, the user's values, applied last like ``--set``. A baseline that cannot be
+    read (no git, the file not in that revision) gives a ParamsError naming the revision.
+    """
+    import os
+    import subprocess
+
+    rev = os.environ.get(DVC_EXP_BASELINE_ENV)
+    if not rev:
+        return []
+    path = Path(path)
+    proc = subprocess.run(["git", "show", f"{rev}:./{path.name}"], cwd=path.resolve().parent,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ParamsError(f"{path}: cannot read the DVC experiment's baseline {rev[:12]} "
+                          f"({DVC_EXP_BASELINE_ENV}) to tell its -S values: {proc.stderr.strip()}")
+    baseline, current = flatten(yaml_load(proc.stdout) or {}), flatten(read_params_file(path))
+    return [override_text(k, v) for k, v in sorted(current.items()) if k not in baseline or baseline[k] != v]
 
 
 def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = ()) -> Dict[str, Any]:

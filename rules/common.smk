@@ -102,7 +102,10 @@ try:
     FILE_PARAMS = mtconfig.read_params_file(PARAMS_FILE)
 except mtconfig.ParamsError as exc:
     raise ValueError(str(exc)) from None
-OVERRIDES = config_overrides(FILE_PARAMS, config, user_config())
+# the user's values, applied after the paper block: inside `dvc exp run`, what the experiment set in
+# params.yaml (-S), then Snakemake's --configfile/--config values (a key given twice: the latter wins)
+_user = dict(o.split("=", 1) for o in mtconfig.experiment_overrides(PARAMS_FILE) + config_overrides(FILE_PARAMS, config, user_config()))
+OVERRIDES = [f"{key}={value}" for key, value in _user.items()]
 try:
     P = mtconfig.resolve(FILE_PARAMS, OVERRIDES)  # the resolved params the DAG is planned from
 except mtconfig.ParamsError as exc:

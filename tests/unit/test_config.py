@@ -3,6 +3,8 @@ from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[2]
+
 import math
 
 from mtwork.config import (
@@ -257,3 +259,33 @@ def test_mtwork_params_output_is_a_params_file_of_the_same_settings(scale, tmp_p
     resolved = load_params(PARAMS, overrides)
     assert load_params(printed) == resolved  # the paper block is applied already; the file has none
     assert resolved["train"]["lr"] == 1e-4 and resolved["scale"] == scale
+
+
+def test_dvc_experiment_values_win_over_the_paper_block(tmp_path, monkeypatch):
+    """`dvc exp run -S train.epochs=3` writes 3 into params.yaml; compared with the experiment's baseline
+    revision it is the user's value and beats the paper block's 36, as --set does."""
+    import subprocess
+
+    from mtwork.config import DVC_EXP_BASELINE_ENV, experiment_overrides, load_params
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    params = repo / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text())
+    for cmd in (["git", "init", "-q"], ["git", "add", "params.yaml"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid", "commit", "-qm", "base"]):
+        subprocess.run(cmd, cwd=repo, check=True)
+    rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    text = params.read_text().replace("\nscale: embedded", "\nscale: paper", 1)
+    text = text.replace("  epochs: 2 ", "  epochs: 3 ", 1)  # train.epochs, as DVC's -S would set it
+    params.write_text(text)
+    assert experiment_overrides(params) == []  # outside an experiment: params.yaml is the base layer
+    monkeypatch.setenv(DVC_EXP_BASELINE_ENV, rev)
+    assert experiment_overrides(params) == ["scale=paper", "train.epochs=3"]
+    paths = ["train.adapt_epochs=1", "data.bdd100k_root=/d/bdd100k", "checkpoints.catalog.moco_v2.path=/w/m.pth",
+             "checkpoints.catalog.supervised_imagenet.path=/w/r50.pth", "checkpoints.catalog.openclip_rn50.path=/w/c.pt"]
+    resolved = load_params(params, experiment_overrides(params) + paths)
+    assert resolved["train"]["epochs"] == 3 and resolved["model"]["backbone"] == "resnet50"
+    monkeypatch.setenv(DVC_EXP_BASELINE_ENV, "0" * 40)  # a baseline git does not know: a clear error
+    with pytest.raises(ParamsError, match="baseline"):
+        experiment_overrides(params)
