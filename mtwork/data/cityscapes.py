@@ -106,6 +106,7 @@ class CityscapesDataset(DenseDataset):
     TASKS = ("semseg", "depth", "normals", "edges")
     SPLITS = SPLITS
     CHECK_SPLITS = ("train", "val")
+    OPTIONAL_CHECK_SPLITS = ("test",)
     DEFAULT_LABEL_SPACE = "cityscapes19"
     TASK_FILES = {"semseg": ("semseg",), "depth": ("depth", "camera"), "normals": ("depth", "camera"), "edges": ()}
 

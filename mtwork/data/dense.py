@@ -218,8 +218,12 @@ class DenseDataset(torch.utils.data.Dataset):
     name: ClassVar[str] = ""
     TASKS: ClassVar[Tuple[str, ...]] = ()
     SPLITS: ClassVar[Tuple[str, ...]] = ()
-    #: Splits ``mtwork data check`` looks at by default.
+    #: Splits ``mtwork data check`` looks at by default, and reader options it uses (so that it sees
+    #: every file of the release, e.g. both stereo cameras).
     CHECK_SPLITS: ClassVar[Tuple[str, ...]] = ()
+    #: Splits the check looks at only when the copy has images of them (e.g. Cityscapes' test).
+    OPTIONAL_CHECK_SPLITS: ClassVar[Tuple[str, ...]] = ()
+    CHECK_OPTIONS: ClassVar[Mapping[str, Any]] = {}
     DEFAULT_LABEL_SPACE: ClassVar[Optional[str]] = None
     #: task -> the file kinds its label needs (edges need only the image).
     TASK_FILES: ClassVar[Mapping[str, Tuple[str, ...]]] = {}
@@ -264,6 +268,9 @@ class DenseDataset(torch.utils.data.Dataset):
                                "pass strict=False to read those images without the label)")
         self.entries: List[Entry] = [e for e in entries if any(self.has_label(e, t) for t in self.tasks)]
         if not self.entries and not allow_empty:
+            if entries:
+                raise DatasetError(f"{self.name} {split}: none of the {len(entries)} images under {self.root} carries a "
+                                   f"label for {', '.join(self.tasks)}")
             raise DatasetError(f"{self.name} {split}: no images found under {self.root} ({self.layout_hint()})")
         self.names: List[str] = [e.name for e in self.entries]
 
@@ -300,16 +307,33 @@ class DenseDataset(torch.utils.data.Dataset):
                     kinds.append(kind)
         return kinds
 
-    def decode(self, entry: Entry, tasks: Sequence[str]) -> Tuple[np.ndarray, Dict[str, Any]]:
-        """(image, {file kind: decoded value}) for ``tasks``, map kinds checked against the image size."""
-        image = read_rgb(entry.image)
+    def decode(self, entry: Entry, tasks: Sequence[str],
+               on_problem: Optional[Callable[[ReaderError], None]] = None) -> Tuple[Optional[np.ndarray], Dict[str, Any]]:
+        """(image, {file kind: decoded value}) for ``tasks``, map kinds checked against the image size.
+
+        A bad file raises its ReaderError; with ``on_problem`` (the data check) it is handed over
+        instead and that file is left out (the image too: then ``(None, {})``).
+        """
+        try:
+            image = read_rgb(entry.image)
+        except ReaderError as err:
+            if on_problem is None:
+                raise
+            on_problem(err)
+            return None, {}
         size = image.shape[:2]
         values: Dict[str, Any] = {}
         for kind in self.file_kinds(entry, tasks):
-            value = self.read(kind, entry)
-            if kind in self.MAP_KINDS and tuple(value.shape[:2]) != tuple(size):
-                raise ReaderError(SIZE_MISMATCH, entry.files[kind], f"{kind} is {value.shape[0]}x{value.shape[1]} "
-                                  f"but its image {entry.image} is {size[0]}x{size[1]}")
+            try:
+                value = self.read(kind, entry)
+                if kind in self.MAP_KINDS and tuple(value.shape[:2]) != tuple(size):
+                    raise ReaderError(SIZE_MISMATCH, entry.files[kind], f"{kind} is {value.shape[0]}x{value.shape[1]} "
+                                      f"but its image {entry.image} is {size[0]}x{size[1]}")
+            except ReaderError as err:
+                if on_problem is None:
+                    raise
+                on_problem(err)
+                continue
             values[kind] = value
         return image, values
 

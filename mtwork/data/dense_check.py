@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from mtwork.data.bdd100k import DatasetError
 from mtwork.data.check import CHECK_FORMATS, TEXT_PROBLEM_LIMIT, Problem
-from mtwork.data.dense import NORMALS_FRAME, SIZE_MISMATCH, DenseDataset, ReaderError
+from mtwork.data.dense import NORMALS_FRAME, DenseDataset
 from mtwork.data.registry import dataset_names, get_reader
 
 #: Median angle (degrees) between stored and depth-derived normals above which the axes disagree.
@@ -137,24 +137,10 @@ def _check_split(report: DenseCheckReport, ds: DenseDataset, normals_sample: int
     normals_dir: Optional[str] = None
     for entry in tqdm(ds.entries, desc=f"checking {ds.name} {split}", unit="image", file=sys.stderr,
                       disable=not progress):
-        try:
-            image = ds.read("image", entry)
-        except ReaderError as err:
-            report.add(err.kind, err.path, err.detail)
+        image, values = ds.decode(entry, ds.tasks, on_problem=lambda err: report.add(err.kind, err.path, err.detail))
+        if image is None:
             continue
         size = image.shape[:2]
-        values: Dict[str, Any] = {}
-        for kind in ds.file_kinds(entry, ds.tasks):
-            try:
-                value = ds.read(kind, entry)
-            except ReaderError as err:
-                report.add(err.kind, err.path, err.detail)
-                continue
-            if kind in ds.MAP_KINDS and tuple(value.shape[:2]) != tuple(size):
-                report.add(SIZE_MISMATCH, entry.files[kind], f"{kind} is {value.shape[0]}x{value.shape[1]}, its image "
-                           f"{entry.image} is {size[0]}x{size[1]}")
-                continue
-            values[kind] = value
         for task in ds.tasks:
             needed = ds.TASK_FILES.get(task, ())
             if ds.has_label(entry, task) and all(k in values for k in needed):
@@ -198,19 +184,24 @@ def check_dense(fmt: str, root: str | os.PathLike, splits: Optional[Sequence[str
     """Check the ``fmt`` layout under ``root`` for ``splits`` (default: the format's CHECK_SPLITS)."""
     reader = get_reader(fmt)
     root = Path(root)
+    optional = () if splits else tuple(reader.OPTIONAL_CHECK_SPLITS)
     splits = tuple(splits or reader.CHECK_SPLITS)
-    report = DenseCheckReport(format=fmt, root=str(root), splits=splits, label_space=reader.DEFAULT_LABEL_SPACE)
+    report = DenseCheckReport(format=fmt, root=str(root), splits=splits + optional,
+                              label_space=reader.DEFAULT_LABEL_SPACE)
     if not root.is_dir():
         report.add("missing", root, "data set root directory not found")
         return report
-    for split in splits:
+    for split in splits + optional:
         try:
-            ds = reader(root, split, strict=False, allow_empty=True, **reader_options)
+            ds = reader(root, split, strict=False, allow_empty=True, **{**reader.CHECK_OPTIONS, **reader_options})
         except DatasetError as err:
             report.add("missing", root, f"{split}: {err}")
             continue
-        if not ds.entries and not any(p.kind == "missing" for p in ds.index_problems):
-            report.add("missing", root, f"{split}: no images found ({ds.layout_hint()})")
+        if not ds.entries:
+            if split in optional:
+                continue  # a copy without this split is complete
+            if not any(p.kind == "missing" for p in ds.index_problems):
+                report.add("missing", root, f"{split}: no images found ({ds.layout_hint()})")
         _check_split(report, ds, normals_sample, progress)
     return report
 

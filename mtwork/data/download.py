@@ -53,6 +53,7 @@ from mtwork.download import (
     mismatches,
     part_path,
 )
+from mtwork.registry import Registry
 
 
 class UnverifiedArchiveError(DownloadError):
@@ -207,6 +208,11 @@ def _verify_present(ctx: FetchContext, archive: Archive, path: Path) -> None:
                             archive.url or ctx.source.page, path, expected, digests)
 
 
+#: access kind -> fetcher(ctx) -> the verified archive paths, in catalog order.
+FETCHERS = Registry("dataset access")
+
+
+@FETCHERS.register("public")
 def _fetch_public(ctx: FetchContext) -> List[Path]:
     paths = []
     missing_checksum = [a.file_name for a in ctx.source.archives if not (a.sha256 or a.md5)]
@@ -234,6 +240,7 @@ def _manual_message(ctx: FetchContext, missing: Sequence[Archive], why: str) -> 
             + (f"\nTerms: {ctx.source.terms}" if ctx.source.terms else ""))
 
 
+@FETCHERS.register("manual")
 def _fetch_manual(ctx: FetchContext) -> List[Path]:
     if not ctx.source.archives:  # a download tool writes the layout itself
         raise ManualDownloadRequired(
@@ -259,6 +266,7 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
+@FETCHERS.register("cityscapes")
 def _fetch_cityscapes(ctx: FetchContext) -> List[Path]:
     user, password = ctx.env.get("CITYSCAPES_USERNAME"), ctx.env.get("CITYSCAPES_PASSWORD")
     archives = ctx.source.archives
@@ -321,12 +329,6 @@ def _fetch_cityscapes(ctx: FetchContext) -> List[Path]:
     return paths
 
 
-#: access kind -> fetcher(ctx) -> the verified archive paths, in catalog order.
-FETCHERS: Dict[str, Callable[[FetchContext], List[Path]]] = {
-    "public": _fetch_public,
-    "manual": _fetch_manual,
-    "cityscapes": _fetch_cityscapes,
-}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -420,17 +422,19 @@ def _extract_rar(archive: Path, staging: Path, strip: Sequence[str]) -> int:
     return count
 
 
+#: File name ending -> extractor.
+EXTRACTORS: Tuple[Tuple[str, Callable[[Path, Path, Sequence[str]], int]], ...] = (
+    (".zip", _extract_zip), (".rar", _extract_rar), (".tar", _extract_tar), (".tar.gz", _extract_tar),
+    (".tgz", _extract_tar), (".tar.bz2", _extract_tar), (".tar.xz", _extract_tar),
+)
+
+
 def extract_archive(archive: Path, staging: Path, strip: Sequence[str] = ()) -> int:
     """Extract ``archive`` (.zip, .tar[.gz|.bz2|.xz], .tgz, .rar) into ``staging``; the number of files."""
-    suffixes = "".join(archive.suffixes).lower()
-    if suffixes.endswith(".zip"):
-        extractor = _extract_zip
-    elif suffixes.endswith(".rar"):
-        extractor = _extract_rar
-    elif any(suffixes.endswith(s) for s in (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
-        extractor = _extract_tar
-    else:
-        raise ExtractError(f"{archive}: unknown archive type (expected .zip, .tar, .tar.gz, .tgz or .rar)")
+    name = archive.name.lower()
+    extractor = next((fn for ending, fn in EXTRACTORS if name.endswith(ending)), None)
+    if extractor is None:
+        raise ExtractError(f"{archive}: unknown archive type (expected one of {', '.join(e for e, _ in EXTRACTORS)})")
     try:
         return extractor(archive, staging, strip)
     except ExtractError:
@@ -477,7 +481,7 @@ def fetch_dataset(name: str, dest: str | os.PathLike, cache: Optional[str | os.P
     ctx = FetchContext(source, dest, Path(cache) if cache is not None else default_cache(dest, name),
                        allow_unverified, timeout, progress, os.environ if env is None else env)
     ctx.cache.mkdir(parents=True, exist_ok=True)
-    archives = FETCHERS[source.access](ctx)
+    archives = FETCHERS.get(source.access)(ctx)
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.extract-", dir=dest.parent))

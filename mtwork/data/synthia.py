@@ -148,8 +148,8 @@ class SynthiaDataset(DenseDataset):
             return False
         return super().has_label(entry, task)
 
-    def decode(self, entry: Entry, tasks):
-        image, values = super().decode(entry, tasks)
+    def decode(self, entry: Entry, tasks, on_problem=None):
+        image, values = super().decode(entry, tasks, on_problem)
         if "normals" in tasks:
             values["camera"] = self.intrinsics  # the caller's intrinsics: no camera file in the release
         return image, values

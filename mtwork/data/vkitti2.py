@@ -157,6 +157,7 @@ class VKITTI2Dataset(DenseDataset):
     TASKS = ("semseg", "depth", "normals", "edges")
     SPLITS = tuple(SPLIT_SCENES)
     CHECK_SPLITS = ("all",)
+    CHECK_OPTIONS = {"cameras": CAMERAS}
     DEFAULT_LABEL_SPACE = "cityscapes19"
     TASK_FILES = {"semseg": ("semseg", "colors"), "depth": ("depth",), "normals": ("depth", "camera"), "edges": ()}
 

@@ -355,6 +355,28 @@ def test_unsafe_members_are_refused(tmp_path):
     assert not (tmp_path / "evil.txt").exists()
 
 
+def test_rar_archives_go_through_an_external_tool(tmp_path, monkeypatch):
+    """A stand-in `unrar` on PATH (the real one is not installed here): the archive's RAND_CITYSCAPES/
+    folder is dropped, and a failing tool is a clear error."""
+    tree = tmp_path / "tree" / "RAND_CITYSCAPES" / "RGB"
+    tree.mkdir(parents=True)
+    (tree / "0000000.png").write_bytes(b"png")
+    tool = tmp_path / "bin" / "unrar"
+    tool.parent.mkdir()
+    tool.write_text('#!/bin/sh\n[ -n "$FAIL" ] && { echo "CRC failed" >&2; exit 3; }\ncp -r "$TREE"/. "$5"\n')
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tool.parent}:/usr/bin:/bin")
+    monkeypatch.setenv("TREE", str(tmp_path / "tree"))
+    (tmp_path / "out").mkdir()
+    archive = tmp_path / "SYNTHIA_RAND_CITYSCAPES.rar"
+    archive.write_bytes(b"Rar!")
+    assert extract_archive(archive, tmp_path / "out", ("RAND_CITYSCAPES",)) == 1
+    assert (tmp_path / "out" / "RGB" / "0000000.png").read_bytes() == b"png"
+    monkeypatch.setenv("FAIL", "1")
+    with pytest.raises(ExtractError, match="unrar failed \\(exit 3\\): CRC failed"):
+        extract_archive(archive, tmp_path / "out")
+
+
 def test_catalog_is_well_formed_and_documented():
     for name, source in dd.DATASET_SOURCES.items():
         assert source.name == name and source.access in dd.FETCHERS

@@ -95,10 +95,18 @@ def test_missing_and_broken_files_are_named(root, tmp_path):
     Image.fromarray(np.full((3, 8), 257, np.uint16)).save(wrong_size)
     orphan = broken / "gtFine/val/frankfurt/frankfurt_000000_000999_gtFine_labelIds.png"
     Image.fromarray(ids).save(orphan)
+    # the test split is checked when the copy has it (the official packages do)
+    dl.save_image(broken / "leftImg8bit/test/berlin/berlin_000000_000019_leftImg8bit.png", dl.gradient_rgb(6, 8, 0))
+    dl.save_image(broken / "gtFine/test/berlin/berlin_000000_000019_gtFine_labelIds.png", np.zeros((6, 8), np.uint8))
+    dl.save_image(broken / "disparity/test/berlin/berlin_000000_000019_disparity.png", dl.cityscapes_disparity())
+    no_camera = broken / "camera/test/berlin/berlin_000000_000019_camera.json"
+    no_camera.parent.mkdir(parents=True)
 
     report = check_dataset("cityscapes", broken, progress=False)
     found = {(p.kind, p.path) for p in report.problems}
     assert found == {("missing", str(gone)), ("unknown_id", str(unknown)), ("bad_camera", str(camera)),
-                     ("size_mismatch", str(wrong_size)), ("label_without_image", str(orphan))}
+                     ("size_mismatch", str(wrong_size)), ("label_without_image", str(orphan)),
+                     ("missing", str(no_camera))}
+    assert report.images == {"train": 2, "val": 1, "test": 1}
     text = report.to_text()
     assert "34 (1 px)" in text and "extrinsic.baseline" in text and "is 3x8" in text

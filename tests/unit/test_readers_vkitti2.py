@@ -70,9 +70,14 @@ def test_broken_files_are_named(root, tmp_path):
     colors.write_text(dl.VKITTI2_COLORS.replace("Van 0 139 139", "Bus 0 139 139"))
     gone = base / "frames/depth/Camera_0/depth_00000.png"
     gone.unlink()
+    # the right camera is checked too, although the reader reads Camera_0 by default
+    dl.save_image(base / "frames/rgb/Camera_1/rgb_00000.jpg", dl.gradient_rgb(4, 6, 0))
+    dl.save_image(base / "frames/depth/Camera_1/depth_00000.png", dl.vkitti2_depth())
+    truncated = dl.save_image(base / "frames/classSegmentation/Camera_1/classgt_00000.png", dl.vkitti2_classgt())
+    truncated.write_bytes(truncated.read_bytes()[:50])
     report = check_dataset("vkitti2", broken, progress=False)
     found = {(p.kind, p.path) for p in report.problems}
     assert found == {("unknown_colour", str(odd)), ("bad_camera", str(intrinsic)), ("bad_table", str(colors)),
-                     ("missing", str(gone))}
+                     ("missing", str(gone)), ("corrupt_mask", str(truncated))}
     text = report.to_text()
     assert "(1, 2, 3) 1 px" in text and "no row for frame 0 camera 0" in text and "unknown category 'Bus'" in text
