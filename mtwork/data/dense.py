@@ -211,8 +211,10 @@ class DenseDataset(torch.utils.data.Dataset):
     sample, e.g. ``mtwork.data.transforms.TrainTransform``), ``label_space`` (a name of
     ``mtwork.data.label_spaces``; default ``DEFAULT_LABEL_SPACE``), ``strict``: when True (default) a
     requested label that the layout says should exist and does not is a ``DatasetError`` naming the
-    missing files; when False such images simply do not carry that label. ``allow_empty`` (for the data
-    check): a split without images is no error.
+    missing files; when False such images simply do not carry that label. ``normals_axes`` (formats
+    with normal files): signs (+-1, +-1, +-1) applied to the decoded normals, for a copy whose files
+    use another axis convention than the reader's (``mtwork data check`` says which). ``allow_empty``
+    (for the data check): a split without images is no error.
     """
 
     name: ClassVar[str] = ""
@@ -234,8 +236,16 @@ class DenseDataset(torch.utils.data.Dataset):
 
     def __init__(self, root: str | os.PathLike, split: str, tasks: Optional[Sequence[str]] = None,
                  transform: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None,
-                 label_space: Optional[str] = None, strict: bool = True, allow_empty: bool = False):
+                 label_space: Optional[str] = None, strict: bool = True, allow_empty: bool = False,
+                 normals_axes: Optional[Sequence[int]] = None):
         self.root = Path(root)
+        if normals_axes is not None:
+            if "normals" not in self.TASK_FILES.get("normals", ()):
+                raise ValueError(f"{self.name}: normals_axes applies to normals read from files; this format derives "
+                                 "them from depth")
+            if len(normals_axes) != 3 or any(v not in (1, -1) for v in normals_axes):
+                raise ValueError(f"{self.name}: normals_axes must be three signs (+-1), got {normals_axes!r}")
+        self.normals_axes = None if normals_axes is None else np.asarray(normals_axes, dtype=np.float32)
         if split not in self.SPLITS:
             raise ValueError(f"{self.name}: unknown split '{split}' (known: {', '.join(self.SPLITS)})")
         self.split = split
@@ -334,6 +344,8 @@ class DenseDataset(torch.utils.data.Dataset):
                     raise
                 on_problem(err)
                 continue
+            if kind == "normals" and self.normals_axes is not None:
+                value = value * self.normals_axes  # zero vectors stay zero
             values[kind] = value
         return image, values
 

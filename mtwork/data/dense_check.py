@@ -114,6 +114,10 @@ class DenseCheckReport:
         return "\n".join(lines).rstrip() + "\n"
 
 
+#: The 7 sign flips of the three axes tried when stored normals disagree with the depth.
+_SIGNS = tuple((x, y, z) for x in (1, -1) for y in (1, -1) for z in (1, -1) if (x, y, z) != (1, 1, 1))
+
+
 def _angles(stored: np.ndarray, derived: np.ndarray) -> np.ndarray:
     """Angles (degrees) between two normal maps where both are valid."""
     both = (np.linalg.norm(stored, axis=-1) > 0.5) & (np.linalg.norm(derived, axis=-1) > 0.5)
@@ -134,6 +138,7 @@ def _check_split(report: DenseCheckReport, ds: DenseDataset, normals_sample: int
     depth_valid = depth_total = 0
     depth_min, depth_max = np.inf, 0.0
     medians: List[float] = []
+    flipped_medians: Dict[Tuple[int, int, int], List[float]] = {s: [] for s in _SIGNS}
     normals_dir: Optional[str] = None
     for entry in tqdm(ds.entries, desc=f"checking {ds.name} {split}", unit="image", file=sys.stderr,
                       disable=not progress):
@@ -160,10 +165,13 @@ def _check_split(report: DenseCheckReport, ds: DenseDataset, normals_sample: int
             if camera is None:
                 camera = ds.reference_intrinsics(size)
             if camera is not None:
-                angles = _angles(values["normals"], normals_from_depth(values["depth"], camera))
+                derived = normals_from_depth(values["depth"], camera)
+                angles = _angles(values["normals"], derived)
                 if angles.size:
                     medians.append(float(np.median(angles)))
                     normals_dir = normals_dir or str(Path(entry.files["normals"]).parent)
+                    for signs in _SIGNS:
+                        flipped_medians[signs].append(float(np.median(_angles(values["normals"] * signs, derived))))
     if classes:
         report.semseg_pixels[split] = {**{c: int(semseg_counts[i]) for i, c in enumerate(classes)},
                                        "ignore": int(semseg_counts[255])}
@@ -174,9 +182,13 @@ def _check_split(report: DenseCheckReport, ds: DenseDataset, normals_sample: int
         median = float(np.median(medians))
         report.normals_frame[split] = {"images": len(medians), "median_angle_deg": median}
         if median > NORMALS_FRAME_LIMIT:
+            best = min(_SIGNS, key=lambda signs: float(np.median(flipped_medians[signs])))
+            applied = tuple(int(v) for v in (ds.normals_axes if ds.normals_axes is not None else (1, 1, 1)))
+            fix = tuple(a * b for a, b in zip(best, applied))
             report.add(NORMALS_FRAME, normals_dir, f"stored normals differ from the normals of the stored depth by a "
                        f"median {median:.0f} deg over {len(medians)} image(s): their axes are not the convention the "
-                       f"{ds.name} reader decodes (see its docstring)")
+                       f"{ds.name} reader decodes (see its docstring); with normals_axes={fix} the median is "
+                       f"{float(np.median(flipped_medians[best])):.0f} deg")
 
 
 def check_dense(fmt: str, root: str | os.PathLike, splits: Optional[Sequence[str]] = None, progress: bool = True,

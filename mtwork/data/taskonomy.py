@@ -24,7 +24,11 @@ Decoding, as the Taskonomy data README (and the 2D-3D-S README for the shared co
   for its camera-relative normals: the NYU RGB-D one, x right, y down, z towards the viewer
   (Omnidata's loader documents the same: "+X right, +Y down, +Z from screen to me"). z is negated for
   mtwork's camera frame (x right, y down, z forward): ``mtwork.data.nyuv2.nyu_normals_to_camera``.
-  Pixels at (128, 128, 128) or (127, 127, 127) ("missing mesh") are invalid.
+  Pixels at (128, 128, 128) or (127, 127, 127) ("missing mesh") are invalid. The generation script
+  (the annotator's ``create_normal_images.py``) writes Blender's normal pass n as (1 - (n_x/2 + 0.5),
+  n_y/2 + 0.5, n_z/2 + 0.5), whose axes depend on Blender's pass convention, not confirmed here:
+  ``mtwork data check --format taskonomy`` compares the files with their depth and names the
+  ``normals_axes`` option that fixes a disagreement.
 * **camera** (only when point_info exists): square pixels, fx = fy = (W / 2) / tan(fov / 2) from
   ``field_of_view_rads``, principal point at the image centre ((W - 1) / 2, (H - 1) / 2).
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 import dense_layouts as dl
 from mtwork.data.check import check_dataset
+from mtwork.data.dense_check import check_dense
 from mtwork.data.registry import create_dataset
 
 
@@ -90,4 +91,11 @@ def test_broken_files_and_a_flipped_axis(root, tmp_path):
         Image.fromarray(png).save(path)
     report = check_dataset("taskonomy", flipped, progress=False)
     assert [p.kind for p in report.problems] == ["normals_frame"]
-    assert report.normals_frame["all"]["median_angle_deg"] > 60
+    # decoded (0, 0.6, -0.8) against the plane's (0, -0.6, -0.8): arccos(-0.36 + 0.64) = 73.74 degrees
+    assert report.normals_frame["all"]["median_angle_deg"] == pytest.approx(73.74, abs=0.5)
+    assert "with normals_axes=(1, -1, 1) the median is 0 deg" in report.problems[0].message
+    ds = create_dataset("taskonomy", flipped, "train", normals_axes=(1, -1, 1))
+    np.testing.assert_allclose(ds[0]["normals"][5:, :], np.broadcast_to(dl.PLANE_NORMAL, (11, 16, 3)), atol=0.01)
+    assert check_dense("taskonomy", flipped, progress=False, normals_axes=(1, -1, 1)).ok
+    with pytest.raises(ValueError, match="derives them from depth"):
+        create_dataset("cityscapes", flipped, "train", normals_axes=(1, -1, 1))
