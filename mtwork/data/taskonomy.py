@@ -18,7 +18,9 @@ Decoding, as the Taskonomy data README (and the 2D-3D-S README for the shared co
 
 * **semseg**: 0 = uncertain (ignore: "masked during learning"), 1 = background, 2..17 the 16 COCO
   classes of ``coco_selected_classes.txt`` (``NATIVE_CLASSES``) -> ids of the label space
-  (``taskonomy17`` by default: background 0, bottle 1, ..., vase 16). Values above 17 are an error.
+  (``taskonomy17`` by default: background 0, bottle 1, ..., vase 16). Values above 17 are an error
+  (Omnidata's loader lists a longer COCO class list for its taskonomy component: such a copy is
+  reported, not misread).
 * **depth**: metres = value / 512 (max range 128 m); 65535 marks missing mesh: invalid (0), as is 0.
 * **normals**: n = value / 255 * 2 - 1 per channel ("127-centred"), in the convention 2D-3D-S states
   for its camera-relative normals: the NYU RGB-D one, x right, y down, z towards the viewer
