@@ -2,7 +2,8 @@
 
     mtwork params             print the resolved settings (params file -> paper block -> --set) as YAML
     mtwork generate           SynthDrive -> data/synthdrive/<domain>/ (BDD100K layout)
-    mtwork data check         validate a BDD100K-layout dataset (exit 1 on problems)
+    mtwork data check         validate a dataset in its on-disk format (exit 1 on problems)
+    mtwork download           fetch and extract a public dataset -> data/<dataset>/ (or say what to fetch)
     mtwork pretrain           embedded SSL pretraining (MoCo v2, SimCLR, BYOL, DINO, DenseCL, tiny CLIP) -> upstream layout
     mtwork import-checkpoint  upstream checkpoint -> models/pretrained/<source>.pt (+ provenance)
     mtwork train              one run: adapt/finetune stages -> models/runs/<run>/final.pt
@@ -76,9 +77,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_data_check(args: argparse.Namespace) -> int:
     from mtwork.data.check import run_check_cli
 
-    if args.format != "bdd100k":
-        raise SystemExit(f"mtwork data check: unknown format '{args.format}' (known: bdd100k)")
-    return run_check_cli(args.root, json_out=args.json)
+    return run_check_cli(args.root, json_out=args.json, fmt=args.format)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -157,6 +156,15 @@ def cmd_download_checkpoint(args: argparse.Namespace) -> int:
     from mtwork.checkpoints.download import fetch_source
 
     print(fetch_source(args.name, args.dest, timeout=args.timeout, progress=True))
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from mtwork.data.download import fetch_dataset
+
+    dest = args.dest if args.dest is not None else Path("data") / args.dataset
+    print(fetch_dataset(args.dataset, dest, cache=args.cache, allow_unverified=args.allow_unverified,
+                        check=not args.no_check, delete_archives=args.delete_archives, timeout=args.timeout))
     return 0
 
 
@@ -302,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="dataset utilities")
     data_sub = p.add_subparsers(dest="data_command", required=True)
     c = data_sub.add_parser("check", help="validate a dataset; exit 1 when problems are found")
-    c.add_argument("--format", default="bdd100k")
+    c.add_argument("--format", default="bdd100k",
+                   help="bdd100k (default), cityscapes, vkitti2, synthia, taskonomy or nyuv2")
     c.add_argument("root", type=Path)
     c.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
     c.set_defaults(func=cmd_data_check)
@@ -346,6 +355,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dest", type=Path, default=Path("models/pretrained/upstream"))
     p.add_argument("--timeout", type=float, default=60.0)
     p.set_defaults(func=cmd_download_checkpoint)
+
+    p = sub.add_parser(
+        "download",
+        help="fetch, verify and extract a dataset into the layout its reader expects (mtwork/data/download.py)",
+        description="Public archives are downloaded resumably and checked against the published checksums; "
+        "Cityscapes logs in with CITYSCAPES_USERNAME / CITYSCAPES_PASSWORD; datasets behind a registration form "
+        "stop with a message saying what to fetch, from where and where to put it. The result is checked with "
+        "`mtwork data check` before it is moved to --dest.",
+    )
+    p.add_argument("--dataset", required=True, help="cityscapes, vkitti2, synthia, nyuv2, taskonomy or bdd100k")
+    p.add_argument("--dest", type=Path, default=None, help="dataset root to create (default: data/<dataset>)")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="folder for the archives (default: <dest's parent>/.downloads/<dataset>)")
+    p.add_argument("--allow-unverified", action="store_true",
+                   help="accept archives whose publisher gives no checksum (they are then not verified)")
+    p.add_argument("--no-check", action="store_true", help="skip `mtwork data check` of the extracted data")
+    p.add_argument("--delete-archives", action="store_true", help="delete the archives after a successful extraction")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per connection and per read")
+    p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("train", help="train one run (adapt and/or finetune stages)")
     _add_params(p)

@@ -40,6 +40,7 @@ from mtwork.data.bdd100k import (
 )
 from mtwork.data.batch import IGNORE_INDEX
 from mtwork.io import write_json
+from mtwork.registry import Registry
 
 BOX_TOLERANCE = 1.0
 #: Problems listed by ``to_text`` (``to_dict`` keeps them all).
@@ -352,12 +353,30 @@ def check_bdd100k(
     return report
 
 
-def run_check_cli(root: str | os.PathLike, json_out: Optional[str | os.PathLike] = None) -> int:
+# ---------------------------------------------------------------------------------------------
+# Format dispatch: ``mtwork data check --format F``
+# ---------------------------------------------------------------------------------------------
+
+#: format name -> check(root, progress=...) returning a report with ``ok``, ``to_text()``, ``to_dict()``.
+#: The dense-label formats (cityscapes, vkitti2, synthia, taskonomy, nyuv2) register from
+#: ``mtwork.data.dense_check``.
+CHECK_FORMATS = Registry("data check format")
+CHECK_FORMATS.register("bdd100k")(check_bdd100k)
+
+
+def check_dataset(fmt: str, root: str | os.PathLike, progress: bool = True):
+    """Check ``root`` as a data set of format ``fmt`` (KeyError listing the known formats)."""
+    import mtwork.data.dense_check  # noqa: F401  (registers the dense formats)
+
+    return CHECK_FORMATS.get(fmt)(root, progress=progress)
+
+
+def run_check_cli(root: str | os.PathLike, json_out: Optional[str | os.PathLike] = None, fmt: str = "bdd100k") -> int:
     """Print the report as text, write it as JSON to ``json_out`` if given (atomically).
 
     Returns the process exit code: 0 when no problem was found, 1 otherwise.
     """
-    report = check_bdd100k(root)
+    report = check_dataset(fmt, root)
     print(report.to_text(), end="")
     if json_out is not None:
         write_json(json_out, report.to_dict())
