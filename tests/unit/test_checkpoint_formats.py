@@ -715,14 +715,25 @@ def test_every_torchvision_resnet_is_recognised_by_its_shapes(name):
     assert fitting_archs(old) == [name]
 
 
-def test_known_architectures_have_distinct_shapes():
-    from mtwork.checkpoints.importer import INFERABLE_ARCHS, _arch_shapes
+def test_known_architectures_have_distinct_shapes_or_ask_for_the_arch():
+    """Shapes identify every known architecture but Swin-V2 configs that differ only in window and input
+    size (their continuous position bias has no size-dependent parameter): those are ambiguous and need
+    the arch named, never guessed."""
+    from mtwork.checkpoints.importer import INFERABLE_ARCHS, _arch_shapes, fitting_archs
+    from mtwork.models.swin import SWIN_CONFIGS
 
-    layouts_seen = {}
+    groups = {}
     for arch in INFERABLE_ARCHS:
-        layout = tuple(_arch_shapes(arch).items())
-        assert layout not in layouts_seen, f"{arch} has the shapes of {layouts_seen.get(layout)}"
-        layouts_seen[layout] = arch
+        groups.setdefault(tuple(_arch_shapes(arch).items()), []).append(arch)
+    for archs in (g for g in groups.values() if len(g) > 1):
+        assert all(a.startswith("swin:") for a in archs), archs
+        configs = [dict(SWIN_CONFIGS[a.split(":", 1)[1]]) for a in archs]
+        for cfg in configs:
+            for key in ("window_size", "img_size", "pretrained_window_sizes"):
+                cfg.pop(key, None)
+        assert all(cfg == configs[0] for cfg in configs), archs
+        state = {k: torch.zeros(shape) for k, shape in _arch_shapes(archs[0]).items()}
+        assert sorted(fitting_archs(state)) == sorted(archs)  # -> "fit N architectures: give the arch"
 
 
 def test_ambiguous_or_unknown_shapes_ask_for_the_arch(tmp_path, monkeypatch):
