@@ -62,9 +62,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from mtwork.data.synthdrive import generate_synthdrive
 
     syn = _params(args)["data"]["synthdrive"]
+    domains = args.domain or syn["domains"]
     generate_synthdrive(
         args.out,
-        **({"domain": args.domain[0]} if len(args.domain) == 1 else {"domains": args.domain}),
+        **({"domain": domains[0]} if len(domains) == 1 else {"domains": domains}),
         seed=syn["seed"] if args.seed is None else args.seed,
         image_size=tuple(syn["image_size"]),
         counts=syn["counts"],
@@ -78,6 +79,21 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     from mtwork.data.check import run_check_cli
 
     return run_check_cli(args.root, json_out=args.json, fmt=args.format)
+
+
+def _domain_train_images(params, args: argparse.Namespace):
+    """The train images of the pretraining domain (--domain, default data.source_domain) under --data:
+    self-supervised pretraining sees only the source domain, never a DG or target domain."""
+    from mtwork.data.bdd100k import domain_images
+    from mtwork.plan import domain
+
+    name = args.domain or params["data"]["source_domain"]
+    if name not in params["data"]["domains"]:
+        raise KeyError(f"domain '{name}' is not in data.domains (known: {', '.join(params['data']['domains'])})")
+    spec = domain(params, name)
+    if spec.format != "bdd100k":
+        raise ValueError(f"embedded pretraining reads BDD100K-format images; domain '{name}' is {spec.format}")
+    return domain_images(args.data, "train", spec.attributes)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -97,7 +113,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         from mtwork.pretrain.clip import train_tiny_clip
 
         settings = {"epochs": shared["epochs"], "batch_size": shared["batch_size"], **entry["pretrain"]}
-        train_tiny_clip(args.data, args.out, seed=args.seed, num_threads=args.threads, progress=True, **settings)
+        names = {path.name for path in _domain_train_images(params, args)}
+        train_tiny_clip(args.data, args.out, seed=args.seed, num_threads=args.threads, progress=True,
+                        image_names=names, **settings)
         return 0
     if entry["format"] not in PRETRAINERS or "pretrain" not in entry:
         raise ValueError(
@@ -109,11 +127,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     for key in entry["pretrain"]:
         if key not in accepted or key in ("image_dirs", "out", "arch", "seed", "num_threads", "progress"):
             raise KeyError(f"'checkpoints.catalog.{args.source}.pretrain.{key}' is not a setting of the {entry['format']} pretraining")
-    image_dirs = [args.data / "images" / "100k" / "train", args.data / "images" / "10k" / "train"]
+    images = _domain_train_images(params, args)
     # the entry's own settings win over the shared ones (e.g. a longer schedule for one method)
     settings = {"epochs": shared["epochs"], "batch_size": shared["batch_size"], "crop": shared["crop"], **entry["pretrain"]}
     pretrain(
-        [d for d in image_dirs if d.is_dir()],
+        images,
         args.out,
         arch=source_arch(params, args.source),
         seed=args.seed,
@@ -175,11 +193,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if is_vit_run(params, parse_run_id(args.run)):  # source 2: a Swin-V2 source
         from mtwork.train_vit import train_vit_run
 
-        train_vit_run(params, args.run, data_root=args.data, checkpoint=args.checkpoint, out_dir=args.out)
+        train_vit_run(params, args.run, data_root=args.data, checkpoint=args.checkpoint, out_dir=args.out, domain=args.domain)
         return 0
     from mtwork.train import train_run
 
-    train_run(params, args.run, data_root=args.data, checkpoint=args.checkpoint, out_dir=args.out)
+    train_run(params, args.run, data_root=args.data, checkpoint=args.checkpoint, out_dir=args.out, domain=args.domain)
     return 0
 
 
@@ -201,7 +219,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
             if args.protocol != "mtl":
                 raise ValueError(f"source 2's runs are evaluated with protocol mtl only, not '{args.protocol}'")
-            evaluate_vit_run(params, run_dir, data_root=args.data, out=vit_metrics_path(run_id, args.metrics_dir))
+            evaluate_vit_run(params, run_dir, data_root=args.data, out=vit_metrics_path(run_id, args.metrics_dir),
+                             domain=args.domain)
             continue
         from mtwork.evaluate import evaluate_run
 
@@ -301,8 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="write a SynthDrive domain in the BDD100K layout")
     _add_params(p)
-    p.add_argument("--domain", required=True, action="append",
-                   help="SynthDrive domain, e.g. clear_day, dusk_fog; repeat to write several domains into one root")
+    p.add_argument("--domain", action="append", default=[],
+                   help="a SynthDrive visual preset, e.g. clear_day, dusk_fog; repeat to write several into one root "
+                        "(default: data.synthdrive.domains)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--seed", type=int, default=None, help="default: data.synthdrive.seed")
     p.set_defaults(func=cmd_generate)
@@ -323,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_params(p)
     p.add_argument("--source", required=True, help="a checkpoints.catalog entry with a `pretrain` block")
     p.add_argument("--data", required=True, type=Path, help="BDD100K-layout root whose train images are used")
+    p.add_argument("--domain", default=None, help="use only this domain's images (default: data.source_domain)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
@@ -380,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run id SOURCE__PARADIGM__TASKS__sSEED")
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--checkpoint", required=True, type=Path, help="converted backbone file")
+    p.add_argument("--domain", default=None, help="the data.domains entry to train on (default: data.source_domain)")
     p.add_argument("--out", required=True, type=Path, help="run directory")
     p.set_defaults(func=cmd_train)
 
@@ -391,8 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="each run's metrics go to <run>.json, <protocol>/<domain>/<run>.json (e.g. dg/dusk_fog/) "
                         "or vit/<run>.json under this folder (default: results/metrics)")
     p.add_argument("--protocol", default="mtl", choices=["mtl", "dg"])
-    p.add_argument("--domain", default=None)
-    p.add_argument("--dg-domain", action="append", default=[], help="also evaluate on this domain (protocol dg); repeat")
+    p.add_argument("--domain", default=None, help="the data.domains entry --data holds (default: data.source_domain)")
+    p.add_argument("--dg-domain", action="append", default=[], help="also evaluate on this data.domains entry (protocol dg); repeat")
     p.add_argument("--dg-data", action="append", default=[], type=Path, help="that domain's data root, in --dg-domain order")
     p.set_defaults(func=cmd_evaluate)
 

@@ -30,7 +30,12 @@ import yaml
 from mtwork.checkpoints.catalog import quickgelu_config_for  # data only (stdlib): no torch imported here
 
 SCALES = ("embedded", "paper")
-DATASETS = ("synthdrive", "bdd100k")
+#: On-disk formats a dataset can have: the readers of mtwork.data.registry (a test keeps them equal,
+#: without importing torch here). Attribute filters (domains) work on the BDD100K format's frames.
+DATASET_FORMATS = ("bdd100k", "cityscapes", "vkitti2", "synthia", "taskonomy", "nyuv2")
+DATASET_KEYS = ("format", "root", "generate")
+DOMAIN_KEYS = ("dataset", "attributes")
+ATTRIBUTE_KEYS = ("weather", "timeofday", "scene")
 TASK_NAMES = ("semseg", "drivable", "det")
 PARADIGMS = ("single_task", "pretrain_finetune", "pretrain_adapt_finetune", "pretrain_adapt_finetune_lv", "lora")
 # Source 2 (ViT adapters on a frozen Swin-V2): dense tasks and the multi-task paradigms of the vit block
@@ -70,11 +75,12 @@ _SCHEDULE: Dict[str, Any] = {
 SCHEMA: Dict[str, Any] = {
     "scale": ("choice", SCALES),
     "data": {
-        "dataset": ("choice", DATASETS),
-        "bdd100k_root": _opt_str,
+        "datasets": ("mapping", Mapping),  # entries checked in _check_data
+        "domains": ("mapping", Mapping),
         "source_domain": str,
         "dg_domains": _list_of(str),
         "synthdrive": {
+            "domains": _list_of(str),
             "seed": int,
             "image_size": _list_of(int),
             "overlap": _num,
@@ -302,8 +308,60 @@ def _check_semantics(p: Dict[str, Any]) -> None:
             raise ParamsError(f"'checkpoints.catalog.{clip_source}.path' is null: at paper scale the LV-Adapter's "
                               "text tower (model.lv.clip_source) needs its open_clip file")
     _check_vit(p)
-    if data["dataset"] == "bdd100k" and not data["bdd100k_root"]:
-        raise ParamsError("'data.bdd100k_root' is null: the bdd100k dataset needs the folder holding images/ and labels/")
+    _check_data(data)
+
+
+def _check_data(data: Mapping[str, Any]) -> None:
+    """Datasets (format, root, generate), domains (a dataset + attribute filter) and the domain names used."""
+    generated = []
+    for name, entry in data["datasets"].items():
+        key = f"data.datasets.{name}"
+        if not isinstance(entry, Mapping):
+            raise ParamsError(f"'{key}' must be a mapping with format, root (and generate), got {entry!r}")
+        for sub in entry:
+            if sub not in DATASET_KEYS:
+                raise ParamsError(f"unknown key '{key}.{sub}' (known: {', '.join(DATASET_KEYS)})")
+        if entry.get("format") not in DATASET_FORMATS:
+            raise ParamsError(f"'{key}.format' must be one of {list(DATASET_FORMATS)}, got {entry.get('format')!r}")
+        if not isinstance(entry.get("root"), _opt_str):
+            raise ParamsError(f"'{key}.root' must be a folder (string) or null, got {entry.get('root')!r}")
+        if not isinstance(entry.get("generate", False), bool):
+            raise ParamsError(f"'{key}.generate' must be true or false, got {entry.get('generate')!r}")
+        if entry.get("generate"):
+            generated.append(name)
+            if entry["format"] != "bdd100k" or entry.get("root"):
+                raise ParamsError(f"'{key}': a generated dataset (SynthDrive) has format bdd100k and root null")
+    if len(generated) > 1:
+        raise ParamsError(f"'data.datasets': only one dataset can be generated (SynthDrive), got {generated}")
+    for name, entry in data["domains"].items():
+        key = f"data.domains.{name}"
+        if not isinstance(entry, Mapping):
+            raise ParamsError(f"'{key}' must be a mapping with dataset (and attributes), got {entry!r}")
+        for sub in entry:
+            if sub not in DOMAIN_KEYS:
+                raise ParamsError(f"unknown key '{key}.{sub}' (known: {', '.join(DOMAIN_KEYS)})")
+        dataset = entry.get("dataset")
+        if dataset not in data["datasets"]:
+            raise ParamsError(f"'{key}.dataset' = {dataset!r} is not in data.datasets (known: {', '.join(data['datasets'])})")
+        attributes = entry.get("attributes")
+        if attributes is None:
+            continue
+        if data["datasets"][dataset]["format"] != "bdd100k":
+            raise ParamsError(f"'{key}.attributes': only datasets of format bdd100k have frame attributes")
+        if not isinstance(attributes, Mapping) or not attributes:
+            raise ParamsError(f"'{key}.attributes' must be a mapping like {{timeofday: night}}, got {attributes!r}")
+        for attr, value in attributes.items():
+            if attr not in ATTRIBUTE_KEYS:
+                raise ParamsError(f"unknown key '{key}.attributes.{attr}' (known: {', '.join(ATTRIBUTE_KEYS)})")
+            values = value if isinstance(value, list) else [value]
+            if not values or not all(isinstance(v, str) for v in values):
+                raise ParamsError(f"'{key}.attributes.{attr}' must be a value or a list of values, got {value!r}")
+    for key, names in (("data.source_domain", [data["source_domain"]]), ("data.dg_domains", data["dg_domains"])):
+        for name in names:
+            if name not in data["domains"]:
+                raise ParamsError(f"'{key}': domain {name!r} is not in data.domains (known: {', '.join(data['domains'])})")
+    if data["source_domain"] in data["dg_domains"]:
+        raise ParamsError(f"'data.dg_domains' lists the source domain {data['source_domain']!r}: DG evaluates unseen domains")
 
 
 def _check_clip_activation(name: str, arch: str) -> None:

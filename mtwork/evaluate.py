@@ -105,13 +105,13 @@ def evaluate_run(
 def _evaluate_on(params, run_dir: Path, model, ckpt, device, protocol: str, domain: str,
                  data_root: str | Path, out: str | Path) -> Dict[str, Any]:
     from mtwork.data.batch import collate
-    from mtwork.data.bdd100k import BDD100KDataset
+    from mtwork.data.registry import open_domain
     from mtwork.data.transforms import EvalTransform
     from mtwork.tasks import TASKS
 
     config = ckpt["model_config"]
     tasks = {t: TASKS.create(t, **config["task_kwargs"].get(t, {})) for t in config["tasks"]}
-    dataset = BDD100KDataset(data_root, "val", tasks=tuple(tasks), transform=EvalTransform(tuple(params["train"]["input_size"])))
+    dataset = open_domain(params, domain, "val", tuple(tasks), EvalTransform(tuple(params["train"]["input_size"])), root=data_root)
     if len(dataset) == 0:
         raise ValueError(f"{data_root}: the val split has no images labeled for {', '.join(tasks)}")
     loader = DataLoader(dataset, batch_size=params["evaluate"]["batch_size"], shuffle=False, collate_fn=collate)

@@ -134,20 +134,61 @@ def single_task_baseline(run: RunSpec, task: str) -> RunSpec:
 # ---- paths -------------------------------------------------------------------------------------
 
 
-def synthdrive_root(domain: str) -> Path:
-    return DATA_DIR / "synthdrive" / domain
+#: Where the generated dataset (SynthDrive, all its visual presets in one root) is written.
+GENERATED_ROOT = DATA_DIR / "synthdrive"
+#: Where the download rule puts a dataset whose root is null (``<DOWNLOAD_DIR>/<dataset>``).
+DOWNLOAD_DIR = DATA_DIR / "datasets"
 
 
-def dataset_root(params: Mapping[str, Any], domain: str) -> Path:
-    """Where a domain's BDD100K-layout data lives: generated SynthDrive, or the user's BDD100K."""
+@dataclass(frozen=True)
+class Domain:
+    """A domain: ``dataset`` (a data.datasets name) of on-disk ``format`` in folder ``root``, narrowed to
+    the frames whose attributes match ``attributes`` ({key: value or [values]}; None = every frame)."""
+
+    name: str
+    dataset: str
+    format: str
+    root: Path
+    attributes: Mapping[str, Any] | None
+
+
+def dataset_root(params: Mapping[str, Any], dataset: str) -> Path:
+    """A dataset's folder: the user's root, or where the workflow generates / downloads it."""
+    entry = params["data"]["datasets"][dataset]
+    if entry.get("root"):
+        return Path(entry["root"])
+    return GENERATED_ROOT if entry.get("generate") else DOWNLOAD_DIR / dataset
+
+
+def made_by_workflow(params: Mapping[str, Any], dataset: str) -> str | None:
+    """"generate" or "download" when the workflow makes the dataset's folder; None for the user's."""
+    entry = params["data"]["datasets"][dataset]
+    if entry.get("root"):
+        return None
+    return "generate" if entry.get("generate") else "download"
+
+
+def domain(params: Mapping[str, Any], name: str) -> Domain:
+    entry = params["data"]["domains"][name]
+    dataset = entry["dataset"]
+    return Domain(name, dataset, params["data"]["datasets"][dataset]["format"], dataset_root(params, dataset),
+                  entry.get("attributes"))
+
+
+def planned_domains(params: Mapping[str, Any]) -> List[str]:
+    """The domains the plan trains or evaluates on: data.source_domain, then data.dg_domains."""
     data = params["data"]
-    if data["dataset"] == "bdd100k":
-        return Path(data["bdd100k_root"])
-    return synthdrive_root(domain)
+    return list(dict.fromkeys([data["source_domain"], *data["dg_domains"]]))
 
 
-def data_check_path(domain: str) -> Path:
-    return DATA_DIR / "checks" / f"{domain}.json"
+def planned_datasets(params: Mapping[str, Any]) -> List[str]:
+    """The datasets of the planned domains (each is checked once, made once when the workflow makes it)."""
+    return list(dict.fromkeys(domain(params, name).dataset for name in planned_domains(params)))
+
+
+def data_check_path(dataset: str) -> Path:
+    """The report of ``mtwork data check`` on a dataset's folder."""
+    return DATA_DIR / "checks" / f"{dataset}.json"
 
 
 def upstream_checkpoint_path(params: Mapping[str, Any], source: str) -> Path | None:

@@ -103,10 +103,12 @@ def train_run(
     data_root: str | Path,
     checkpoint: str | Path,
     out_dir: str | Path,
+    domain: str | None = None,
 ) -> Dict[str, Any]:
-    """Train one run and return its log record (also written to ``out_dir/log.json``)."""
+    """Train one run on ``domain`` (default data.source_domain; its data under ``data_root``) and return
+    its log record (also written to ``out_dir/log.json``)."""
     from mtwork.data.batch import batch_to_device, collate
-    from mtwork.data.bdd100k import BDD100KDataset
+    from mtwork.data.registry import open_domain
     from mtwork.data.transforms import TrainTransform
     from mtwork.models.multitask import build_multitask_model, multitask_loss
     from mtwork.tasks import TASKS
@@ -126,7 +128,8 @@ def train_run(
     tasks = {name: TASKS.create(name, **config["task_kwargs"].get(name, {})) for name in run.tasks}
     loss_weights = {t: float(tp["loss_weights"][t]) for t in run.tasks}
 
-    dataset = BDD100KDataset(data_root, "train", tasks=run.tasks, transform=TrainTransform(tuple(tp["input_size"])))
+    dataset = open_domain(params, domain or params["data"]["source_domain"], "train", run.tasks,
+                          TrainTransform(tuple(tp["input_size"])), root=data_root)
     if len(dataset) == 0:
         raise ValueError(f"{data_root}: the train split has no images labeled for {', '.join(run.tasks)}")
     loader = DataLoader(

@@ -97,20 +97,20 @@ def _balancer_kwargs(params: Mapping[str, Any], name: str) -> Dict[str, Any]:
     return dict(params["vit"][name]) if name in ("troa", "troa_global") else {}
 
 
-def _dataset(params: Mapping[str, Any], data_root: str | Path, split: str, tasks, train: bool):
-    from mtwork.data.bdd100k import BDD100KDataset
+def _dataset(params: Mapping[str, Any], data_root: str | Path, split: str, tasks, train: bool, domain: str | None = None):
+    from mtwork.data.registry import open_domain
     from mtwork.data.transforms import EvalTransform, TrainTransform
 
     size = tuple(params["vit"]["input_size"])
     transform = TrainTransform(size) if train else EvalTransform(size)
-    dataset = BDD100KDataset(data_root, split, tasks=tuple(tasks), transform=transform)
+    dataset = open_domain(params, domain or params["data"]["source_domain"], split, tuple(tasks), transform, root=data_root)
     if len(dataset) == 0:
         raise ValueError(f"{data_root}: the {split} split has no images labeled for {', '.join(tasks)}")
     return dataset
 
 
 def train_vit_run(params: Mapping[str, Any], run_id: str, data_root: str | Path, checkpoint: str | Path,
-                  out_dir: str | Path) -> Dict[str, Any]:
+                  out_dir: str | Path, domain: str | None = None) -> Dict[str, Any]:
     """Train one source-2 run; returns its log (also written to ``out_dir/log.json``)."""
     from mtwork.data.batch import batch_to_device, collate
     from mtwork.methods.loss_balancing import create_balancer
@@ -131,7 +131,7 @@ def train_vit_run(params: Mapping[str, Any], run_id: str, data_root: str | Path,
     weights = {t: float(vit["loss_weights"][t]) for t in run.tasks}
     balancer = create_balancer(config["balancer"], list(run.tasks), **_balancer_kwargs(params, config["balancer"])).to(device)
 
-    dataset = _dataset(params, data_root, "train", run.tasks, train=True)
+    dataset = _dataset(params, data_root, "train", run.tasks, train=True, domain=domain)
     loader = DataLoader(dataset, batch_size=vit["batch_size"], shuffle=True, drop_last=len(dataset) > vit["batch_size"],
                         num_workers=tp["workers"], collate_fn=collate, generator=generator)
     steps_per_epoch = len(loader)
@@ -217,7 +217,8 @@ def train_vit_run(params: Mapping[str, Any], run_id: str, data_root: str | Path,
     return log
 
 
-def evaluate_vit_run(params: Mapping[str, Any], run_dir: str | Path, data_root: str | Path, out: str | Path) -> Dict[str, Any]:
+def evaluate_vit_run(params: Mapping[str, Any], run_dir: str | Path, data_root: str | Path, out: str | Path,
+                     domain: str | None = None) -> Dict[str, Any]:
     """Evaluate a trained source-2 run on the val split; writes and returns the metrics record."""
     import json
 
@@ -238,7 +239,8 @@ def evaluate_vit_run(params: Mapping[str, Any], run_dir: str | Path, data_root: 
     model.load_adapter(run_dir / "final.pt", backbone_info(config, log["checkpoint"], log["source"]))
     model = model.to(device).eval()
     tasks = {t: TASKS.create(t) for t in log["tasks"]}
-    dataset = _dataset(params, data_root, "val", log["tasks"], train=False)
+    domain = domain or params["data"]["source_domain"]
+    dataset = _dataset(params, data_root, "val", log["tasks"], train=False, domain=domain)
     loader = DataLoader(dataset, batch_size=params["evaluate"]["batch_size"], shuffle=False, collate_fn=collate)
     affinity = torch.tensor(log["balancer_state"]["affinity"], device=device)  # TROA's, as trained
 
@@ -248,7 +250,7 @@ def evaluate_vit_run(params: Mapping[str, Any], run_dir: str | Path, data_root: 
     t0 = time.perf_counter()
     metrics = run_evaluators(tasks, loader, forward, device, bool(tp["amp"]), desc=f"evaluate {run_dir.name}")
     record = {
-        "run": log["run"], "protocol": "mtl", "domain": params["data"]["source_domain"], "source": log["source"],
+        "run": log["run"], "protocol": "mtl", "domain": domain, "source": log["source"],
         "paradigm": log["paradigm"], "method": log["method"], "tasks": log["tasks"], "seed": log["seed"],
         "params_hash": log["params_hash"], "metrics": metrics,
         "higher_is_better": {t: {m.name: m.higher_is_better for m in task.metrics} for t, task in tasks.items()},

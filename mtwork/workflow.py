@@ -35,6 +35,7 @@ TRAIN_KEYS = [f"train.{k}" for k in ("epochs", "adapt_epochs", "batch_size", "in
 #: reruns them) and the DVC stage of the rule's phase tracks them. Execution settings that do not
 #: change results (threads, workers) are left out.
 RULE_PARAM_KEYS: Dict[str, List[str]] = {
+    "download": [],
     "generate_synthdrive": ["data.synthdrive"],
     "check_data": [],
     "pretrain": ["checkpoints.pretrain", "checkpoints.catalog.{source}", "model.backbone"],
@@ -77,12 +78,23 @@ def train_run_param_keys(params: Mapping[str, Any], run: "plan.RunSpec") -> List
     return keys
 
 
+#: Rules whose jobs read the definition of the source domain (which frames of which dataset), or of
+#: every planned domain (evaluation also reads the DG domains).
+_READS_SOURCE_DOMAIN = ("pretrain", "train", "evaluate_vit")
+_READS_ALL_DOMAINS = ("evaluate",)
+
+
 def job_param_keys(params: Mapping[str, Any], rule: str, wildcards: Mapping[str, str]) -> List[str]:
-    """The keys one job of ``rule`` reads (a training job: exactly those that shape its run)."""
+    """The keys one job of ``rule`` reads (a training job: exactly those that shape its run), with the
+    definitions of the domains it reads data from."""
     if rule == "train":
         run = plan.parse_run_id(wildcards["run"])
-        return VIT_TRAIN_PARAM_KEYS if plan.is_vit_run(params, run) else train_run_param_keys(params, run)
-    return RULE_PARAM_KEYS[rule]
+        keys = VIT_TRAIN_PARAM_KEYS if plan.is_vit_run(params, run) else train_run_param_keys(params, run)
+    else:
+        keys = list(RULE_PARAM_KEYS[rule])
+    domains = ([params["data"]["source_domain"]] if rule in _READS_SOURCE_DOMAIN
+               else plan.planned_domains(params) if rule in _READS_ALL_DOMAINS else [])
+    return keys + [f"data.domains.{name}" for name in domains]
 
 
 def rule_param_keys(rule: str) -> List[str]:
@@ -91,18 +103,20 @@ def rule_param_keys(rule: str) -> List[str]:
 
 _SOURCE1_PLAN = ["checkpoints.sources", "train.tasks", "train.paradigms", "train.seeds"]
 _SOURCE2_PLAN = ["vit.enabled", "vit.source", "vit.tasks", "vit.task_subsets", "vit.paradigms", "vit.seeds"]
-_DATA_PLAN = ["data.dataset", "data.bdd100k_root", "data.source_domain", "data.dg_domains"]
+_DATA_PLAN = ["data.datasets", "data.domains", "data.source_domain", "data.dg_domains"]
+_SOURCE_DATA_PLAN = ["data.datasets", "data.source_domain"]  # jobs that read the source domain only
 
 #: {rule: keys that decide which jobs of the rule exist and where their files are} (the plan's inputs);
 #: ``scale`` is one for every rule, as it switches the whole plan.
 RULE_PLAN_KEYS: Dict[str, List[str]] = {
+    "download": _DATA_PLAN,
     "generate_synthdrive": _DATA_PLAN,
     "check_data": _DATA_PLAN,
-    "pretrain": ["checkpoints.sources", "checkpoints.catalog", "vit.enabled", "vit.source"],
+    "pretrain": ["checkpoints.sources", "checkpoints.catalog", "vit.enabled", "vit.source"] + _SOURCE_DATA_PLAN,
     "import_checkpoint": ["checkpoints.sources", "checkpoints.catalog", "vit.enabled", "vit.source"],
-    "train": _SOURCE1_PLAN + _SOURCE2_PLAN + _DATA_PLAN + ["model.lv.clip_source"],
+    "train": _SOURCE1_PLAN + _SOURCE2_PLAN + _SOURCE_DATA_PLAN + ["model.lv.clip_source"],
     "evaluate": _SOURCE1_PLAN + _DATA_PLAN,
-    "evaluate_vit": _SOURCE2_PLAN + _DATA_PLAN,
+    "evaluate_vit": _SOURCE2_PLAN + _SOURCE_DATA_PLAN,
     "tables": _SOURCE1_PLAN + _SOURCE2_PLAN + _DATA_PLAN,
 }
 
@@ -128,8 +142,8 @@ class DvcStage:
 #: The phases in order. Their ``outs`` are disjoint folders (DVC refuses overlapping outputs), which is
 #: why every artefact path in ``mtwork.plan`` lies under exactly one of them.
 DVC_STAGES: Tuple[DvcStage, ...] = (
-    DvcStage("data", ("generate_synthdrive", "check_data"), (str(plan.DATA_DIR),),
-             description="generate the embedded data (SynthDrive) and check every dataset root"),
+    DvcStage("data", ("download", "generate_synthdrive", "check_data"), (str(plan.DATA_DIR),),
+             description="generate the embedded data (SynthDrive), download public datasets, check every dataset"),
     DvcStage("checkpoints", ("pretrain", "import_checkpoint"), (str(plan.PRETRAINED_DIR),), (str(plan.DATA_DIR),),
              description="embedded self-supervised pretraining where a source has no file; import every source"),
     DvcStage("train", ("train",), (str(plan.RUNS_DIR),), (str(plan.DATA_DIR), str(plan.PRETRAINED_DIR)),
@@ -179,6 +193,8 @@ def stage_param_keys(stage: DvcStage) -> List[str]:
     keys = ["scale"]
     for rule in stage.rules:
         keys += [_widen(k) for k in rule_param_keys(rule)]
+        if rule in _READS_SOURCE_DOMAIN + _READS_ALL_DOMAINS:
+            keys.append("data.domains")
         keys += RULE_PLAN_KEYS[rule]
     return _minimal_keys(keys)
 

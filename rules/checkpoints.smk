@@ -5,8 +5,8 @@
 
 rule pretrain:
     input:
-        data=dataset_input(SOURCE_DOMAIN),
-        check=str(plan.data_check_path(SOURCE_DOMAIN)),
+        data=domain_input(SOURCE_DOMAIN),
+        check=domain_check(SOURCE_DOMAIN),
     output:
         str(plan.embedded_checkpoint_path("{source}")),
     log:
@@ -14,6 +14,7 @@ rule pretrain:
     params:
         args=MTWORK_ARGS,
         settings=rule_params("pretrain"),
+        domain=SOURCE_DOMAIN,
     threads: TRAIN_THREADS
     # every run waits for a pretraining: start them first, so that no chain of runs (e.g. source 2's,
     # behind the Swin's SimMIM) is left to run alone at the end on an otherwise idle machine
@@ -21,7 +22,7 @@ rule pretrain:
     conda:
         CONDA_ENV
     shell:
-        "mtwork pretrain {params.args} --source {wildcards.source} --data {input.data:q} --out {output:q} "
+        "mtwork pretrain {params.args} --source {wildcards.source} --data {input.data:q} --domain {params.domain:q} --out {output:q} "
         "--threads {threads} > {log:q} 2>&1"
 
 

@@ -166,7 +166,7 @@ RUN_SHAPES = list(dict.fromkeys(run.id[len(run.source):] for run in RUNS))
 VIT_RUNS = plan.plan_vit_runs(P)
 SOURCE_DOMAIN = P["data"]["source_domain"]
 DG_DOMAINS = list(P["data"]["dg_domains"])
-SYNTHDRIVE = P["data"]["dataset"] == "synthdrive"
+DATASETS = plan.planned_datasets(P)  # the datasets of the planned domains
 
 RUN_FINAL = "final.pt"  # written by `mtwork train` into the run directory (see mtwork/train.py)
 RUN_LOG = "log.json"
@@ -176,14 +176,20 @@ FIGURES_DIR = str(plan.FIGURES_DIR)
 EMBEDDED_SOURCES = plan.embedded_pretrain_sources(P)
 
 
-def dataset_root(domain):
-    return str(plan.dataset_root(P, domain))
+def dataset_input(dataset):
+    """A dataset's folder as an input: made by a rule (generated, downloaded) or the user's (ancient)."""
+    root = str(plan.dataset_root(P, dataset))
+    return root if plan.made_by_workflow(P, dataset) else ancient(root)
 
 
-def dataset_input(domain):
-    """A domain's data as an input: generated SynthDrive (a rule output) or the user's BDD100K (ancient)."""
-    root = dataset_root(domain)
-    return root if SYNTHDRIVE else ancient(root)
+def domain_check(domain):
+    """The data check report of a domain's dataset (a job reads a dataset only once it passed)."""
+    return str(plan.data_check_path(plan.domain(P, domain).dataset))
+
+
+def domain_input(domain):
+    """A domain's data as an input: its dataset's folder (see dataset_input)."""
+    return dataset_input(plan.domain(P, domain).dataset)
 
 
 def run_file(run_id, name):
@@ -266,15 +272,15 @@ RUN_ID_PATTERN = rf"[A-Za-z0-9_\-]+?__(?:{_paradigms})__(?:{_tasks})(?:-(?:{_tas
 
 def outputs_by_rule():
     """[(rule, [output paths])] of the whole plan, each rule after the rules whose outputs it reads."""
-    domains = [SOURCE_DOMAIN, *DG_DOMAINS]
     pretrained = EMBEDDED_SOURCES + [
         s for s in [P["model"]["lv"]["clip_source"]]  # the LV-Adapter's text tower, read by training
         if any(run.method == "lv_adapter" for run in RUNS) and s not in EMBEDDED_SOURCES
         and not P["checkpoints"]["catalog"][s].get("path")
     ]
     return [
-        ("generate_synthdrive", [dataset_root(d) for d in domains] if SYNTHDRIVE else []),
-        ("check_data", [str(plan.data_check_path(d)) for d in domains]),
+        ("download", [str(plan.dataset_root(P, d)) for d in DATASETS if plan.made_by_workflow(P, d) == "download"]),
+        ("generate_synthdrive", [str(plan.GENERATED_ROOT)] if any(plan.made_by_workflow(P, d) == "generate" for d in DATASETS) else []),
+        ("check_data", [str(plan.data_check_path(d)) for d in DATASETS]),
         ("pretrain", [str(plan.embedded_checkpoint_path(s)) for s in pretrained]),
         ("import_checkpoint", [str(plan.pretrained_path(s)) for s in plan.planned_sources(P)]),
         ("train", [run_file(run.id, name) for run in [*RUNS, *VIT_RUNS] for name in (RUN_FINAL, RUN_LOG)]),

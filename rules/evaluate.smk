@@ -11,10 +11,10 @@
 rule evaluate:
     input:
         finals=lambda wildcards: [run_file(run.id, RUN_FINAL) for run in plan.source_runs(P, wildcards.source)],
-        data=dataset_input(SOURCE_DOMAIN),
-        check=str(plan.data_check_path(SOURCE_DOMAIN)),
-        dg_data=[dataset_input(domain) for domain in DG_DOMAINS],
-        dg_checks=[str(plan.data_check_path(domain)) for domain in DG_DOMAINS],
+        data=domain_input(SOURCE_DOMAIN),
+        check=domain_check(SOURCE_DOMAIN),
+        dg_data=[domain_input(domain) for domain in DG_DOMAINS],
+        dg_checks=list(dict.fromkeys(domain_check(domain) for domain in DG_DOMAINS)),
         text=lv_text_input,
     output:
         mtl=[str(plan.metrics_path(f"{{source}}{shape}", plan.PROTOCOL_MTL)) for shape in RUN_SHAPES],
@@ -24,6 +24,7 @@ rule evaluate:
     params:
         args=MTWORK_ARGS,
         settings=rule_params("evaluate"),
+        domain=SOURCE_DOMAIN,
         run_dirs=lambda wildcards: " ".join(
             f"--run-dir {shlex.quote(str(plan.run_dir(run.id)))}" for run in plan.source_runs(P, wildcards.source)
         ),
@@ -35,5 +36,5 @@ rule evaluate:
     conda:
         CONDA_ENV
     shell:
-        "mtwork evaluate {params.args} {params.run_dirs} --data {input.data:q} --metrics-dir {params.metrics_dir:q}"
+        "mtwork evaluate {params.args} {params.run_dirs} --data {input.data:q} --domain {params.domain:q} --metrics-dir {params.metrics_dir:q}"
         " --protocol mtl {params.dg} > {log:q} 2>&1"

@@ -6,7 +6,7 @@
 
 rule phase_data:
     input:
-        planned_outputs("generate_synthdrive", "check_data"),
+        planned_outputs("download", "generate_synthdrive", "check_data"),
 
 
 rule phase_checkpoints:

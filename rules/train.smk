@@ -6,8 +6,8 @@
 
 rule train:
     input:
-        data=dataset_input(SOURCE_DOMAIN),
-        check=str(plan.data_check_path(SOURCE_DOMAIN)),
+        data=domain_input(SOURCE_DOMAIN),
+        check=domain_check(SOURCE_DOMAIN),
         checkpoint=train_checkpoint,
         text=train_text_input,
     output:
@@ -18,6 +18,7 @@ rule train:
     params:
         args=MTWORK_ARGS,
         settings=rule_params("train"),
+        domain=SOURCE_DOMAIN,
         out_dir=lambda wildcards: str(plan.run_dir(wildcards.run)),
     threads: TRAIN_THREADS
     resources:
@@ -25,5 +26,5 @@ rule train:
     conda:
         CONDA_ENV
     shell:
-        "mtwork train {params.args} --run {wildcards.run} --data {input.data:q} --checkpoint {input.checkpoint:q}"
+        "mtwork train {params.args} --run {wildcards.run} --data {input.data:q} --domain {params.domain:q} --checkpoint {input.checkpoint:q}"
         " --out {params.out_dir:q} > {log:q} 2>&1"

@@ -11,8 +11,8 @@ if VIT_RUNS:
         input:
             finals=[str(plan.run_dir(run.id) / RUN_FINAL) for run in VIT_RUNS],
             checkpoint=str(plan.pretrained_path(P["vit"]["source"])),
-            data=dataset_input(SOURCE_DOMAIN),
-            check=str(plan.data_check_path(SOURCE_DOMAIN)),
+            data=domain_input(SOURCE_DOMAIN),
+            check=domain_check(SOURCE_DOMAIN),
         output:
             [str(plan.vit_metrics_path(run.id)) for run in VIT_RUNS],
         log:
@@ -20,6 +20,7 @@ if VIT_RUNS:
         params:
             args=MTWORK_ARGS,
             settings=rule_params("evaluate_vit"),
+            domain=SOURCE_DOMAIN,
             run_dirs=" ".join(f"--run-dir {shlex.quote(str(plan.run_dir(run.id)))}" for run in VIT_RUNS),
             metrics_dir=lambda wildcards, output: str(Path(output[0]).parent.parent),  # results/metrics
         threads: TRAIN_THREADS
@@ -28,5 +29,5 @@ if VIT_RUNS:
         conda:
             CONDA_ENV
         shell:
-            "mtwork evaluate {params.args} {params.run_dirs} --data {input.data:q} --metrics-dir {params.metrics_dir:q}"
+            "mtwork evaluate {params.args} {params.run_dirs} --data {input.data:q} --domain {params.domain:q} --metrics-dir {params.metrics_dir:q}"
             " --protocol mtl > {log:q} 2>&1"

@@ -617,6 +617,23 @@ def load_frame_attributes(
     return merged
 
 
+def domain_images(root: str | os.PathLike, split: str, attributes: Optional[Mapping[str, Any]] = None) -> List[Path]:
+    """The image files of ``split`` (both image sets, one per file name, the 100k file winning, sorted by
+    name) whose frame attributes pass ``attributes`` (None: all): a domain's unlabelled images, e.g. for
+    self-supervised pretraining. Raises ``DatasetError`` naming the root when none is left."""
+    root = Path(root)
+    images: Dict[str, Path] = {}
+    for image_set in reversed(IMAGE_SETS):
+        images.update(list_images(image_dir(root, image_set, split)))
+    if attributes is not None:
+        filt = attribute_filter(attributes)
+        known = load_frame_attributes(root)
+        images = {name: path for name, path in images.items() if match_attributes(known.get(name), filt)}
+    if not images:
+        raise DatasetError(f"{root}: no {split} image" + (f" with attributes {dict(attributes)}" if attributes else ""))
+    return [images[name] for name in sorted(images)]
+
+
 # ---------------------------------------------------------------------------------------------
 # File readers
 # ---------------------------------------------------------------------------------------------

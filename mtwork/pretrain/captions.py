@@ -40,6 +40,7 @@ from mtwork.data.bdd100k import (
     image_dir,
     list_images,
     list_masks,
+    load_frame_attributes,
     mask_dir,
     parse_det_frames,
     read_mask,
@@ -68,7 +69,6 @@ MIN_FRACTION = 0.001
 #: At most this many mask classes are named (the largest first), to keep captions within the text
 #: tower's context.
 MAX_MASK_CLASSES = 8
-SYNTHDRIVE_METADATA = "synthdrive.json"
 
 _SEMSEG_THINGS = frozenset(("person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
                             "traffic light", "traffic sign"))
@@ -144,15 +144,6 @@ def mask_classes(mask: np.ndarray, class_names: Sequence[str], min_fraction: flo
     return tuple(class_names[k] for k in order if counts[k] > 0 and counts[k] >= min_fraction * total)
 
 
-def _domain_attributes(root: Path) -> Dict[str, str]:
-    """weather / timeofday of a SynthDrive root (from ``synthdrive.json``); {} for other data."""
-    path = root / SYNTHDRIVE_METADATA
-    if not path.is_file():
-        return {}
-    params = json.loads(path.read_text()).get("domain_params", {})
-    return {k: params[k] for k in ("weather", "timeofday") if isinstance(params.get(k), str)}
-
-
 def _read_det_json(root: Path, split: str) -> Tuple[Dict[str, list], Dict[str, Mapping[str, str]]]:
     """({name: boxes}, {name: attributes}) of the split's det_20 file ({} when it does not exist)."""
     path = det_json_path(root, split)
@@ -185,10 +176,12 @@ def scene_labels(root: str | os.PathLike, split: str = "train", min_fraction: fl
         images.update(list_images(image_dir(root, image_set, split)))
     if not images:
         raise DatasetError(f"no images found under {root}/images/*/{split}")
-    frames, attributes = _read_det_json(root, split)
+    frames, _ = _read_det_json(root, split)
     semseg_masks = list_masks(mask_dir(root, "semseg", split))
     drivable_masks = list_masks(mask_dir(root, "drivable", split))
-    domain = _domain_attributes(root)
+    # every image's weather / time of day / scene: its det frame's, else the frame list SynthDrive writes
+    # for every image (segmentation-only ones too, and several visual presets in one root)
+    attributes = load_frame_attributes(root)
 
     out: List[SceneLabels] = []
     for name in sorted(images):
@@ -204,8 +197,7 @@ def scene_labels(root: str | os.PathLike, split: str = "train", min_fraction: fl
             present = mask_classes(decode_drivable(read_mask(drivable_masks[stem]).astype(np.uint8)),
                                    DRIVABLE_CLASSES, min_fraction)
             drivable = tuple(c for c in DRIVABLE_CLASSES[1:] if c in present)  # class order, no background
-        attrs = dict(domain)
-        attrs.update({k: v for k, v in attributes.get(name, {}).items() if isinstance(v, str)})
+        attrs = {k: v for k, v in attributes.get(name, {}).items() if isinstance(v, str)}
         out.append(SceneLabels(
             name=name, image=images[name], counts=counts, semseg=semseg, drivable=drivable,
             timeofday=attrs.get("timeofday"), weather=attrs.get("weather"), scene=attrs.get("scene"),

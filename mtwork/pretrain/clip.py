@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Collection, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -125,6 +125,7 @@ def train_tiny_clip(
     warmup_fraction: float = 0.1,
     split: str = "train",
     num_workers: int = 0,
+    image_names: Optional[Collection[str]] = None,
 ) -> Dict[str, Any]:
     """Train an open_clip model on (image, label caption) pairs of ``data_root``'s ``split``.
 
@@ -138,6 +139,7 @@ def train_tiny_clip(
             model each size is its own open_clip config, ``tiny_clip_name(image_size)``.
         model_name: an open_clip model name; None = the tiny CLIP at ``image_size``.
         seed: initialisation, data order and flips (deterministic on CPU with ``num_workers=0``).
+        image_names: train only on these image file names (a domain's images); None = every image.
         num_threads: torch CPU threads while training (restored afterwards); None leaves them.
     Returns (and writes to the JSON log): {"checkpoint", "model_name", "image_size", "num_images",
     "epochs", "steps", "losses" (per-epoch mean), "step_losses", "seconds", "images_per_second",
@@ -160,6 +162,8 @@ def train_tiny_clip(
         raise ValueError(f"need epochs >= 1 and batch_size >= 2 (contrastive), got {epochs}, {batch_size}")
 
     pairs = caption_pairs(data_root, split)
+    if image_names is not None:
+        pairs = [(path, caption) for path, caption in pairs if path.name in image_names]
     if len(pairs) < 2:
         raise ValueError(f"{data_root}: CLIP training needs at least 2 images in split '{split}', found {len(pairs)}")
     tokenizer = clip_tokenizer(model_name)

@@ -14,7 +14,8 @@ Transform = Callable[[Image.Image], torch.Tensor]
 
 
 def find_images(image_dirs: Sequence[str | Path]) -> List[Path]:
-    """All JPEGs under ``image_dirs`` (recursively), sorted by path, one per file name.
+    """All JPEGs under ``image_dirs`` (recursively; an entry that is a JPEG file is taken as it is, e.g. a
+    domain's images from ``mtwork.data.bdd100k.domain_images``), sorted by path, one per file name.
 
     Deduplicating by name matters because generated datasets write the same frame into several
     layouts (e.g. a segmentation and a detection tree); the first path in sorted order wins.
@@ -22,6 +23,9 @@ def find_images(image_dirs: Sequence[str | Path]) -> List[Path]:
     found: List[Path] = []
     for folder in image_dirs:
         folder = Path(folder)
+        if folder.is_file() and folder.suffix.lower() in JPEG_SUFFIXES:
+            found.append(folder)
+            continue
         if not folder.is_dir():
             raise FileNotFoundError(f"image folder not found: {folder}")
         found.extend(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in JPEG_SUFFIXES)

@@ -164,7 +164,9 @@ def test_cli_evaluates_several_runs_where_the_plan_puts_their_metrics(trained, s
     out, _ = trained
     twin = tmp_path / "runs" / RUN.replace("__s0", "__s1")  # a second run: the same weights, another id
     shutil.copytree(out, twin)
-    sets = ["--set", "train.input_size=[64, 96]", "--set", "evaluate.batch_size=4", "--set", "train.threads=1"]
+    sets = ["--set", "train.input_size=[64, 96]", "--set", "evaluate.batch_size=4", "--set", "train.threads=1",
+            # a DG domain of every image of the same root (no attribute filter)
+            "--set", "data.domains.same_images={dataset: synthdrive}"]
     common = ["--params", str(PARAMS), *sets, "--data", str(synthdrive_tiny), "--protocol", "mtl",
               "--dg-domain", "same_images", "--dg-data", str(synthdrive_tiny)]
     assert main(["evaluate", "--run-dir", str(out), "--run-dir", str(twin), "--metrics-dir", str(tmp_path / "m"), *common]) == 0

@@ -25,7 +25,7 @@ PARAMS = ROOT / "params.yaml"
 def test_default_params_load_and_are_embedded():
     p = load_params(PARAMS)
     assert p["scale"] == "embedded"
-    assert p["data"]["dataset"] == "synthdrive"
+    assert p["data"]["datasets"]["synthdrive"]["generate"] and p["data"]["source_domain"] == "clear_day"
     assert "paper" not in p  # the overrides block is consumed by resolution
 
 
@@ -63,14 +63,15 @@ def test_paper_scale_switch_merges_overrides(tmp_path):
         PARAMS,
         [
             "scale=paper",
-            f"data.bdd100k_root={tmp_path}",
+            f"data.datasets.bdd100k.root={tmp_path}",
             f"checkpoints.catalog.moco_v2.path={weights}",
             f"checkpoints.catalog.supervised_imagenet.path={weights}",
             f"checkpoints.catalog.openclip_rn50.path={weights}",
         ],
     )
     assert p["model"]["backbone"] == "resnet50" and p["model"]["lv"]["clip_source"] == "openclip_rn50"
-    assert p["data"]["dataset"] == "bdd100k"
+    assert p["data"]["domains"][p["data"]["source_domain"]]["dataset"] == "bdd100k"
+    assert p["data"]["dg_domains"] == ["bdd_night", "bdd_rainy", "bdd_snowy", "bdd_foggy"]
     assert p["train"]["device"] == "cuda"
     assert p["checkpoints"]["sources"] == ["supervised_imagenet", "moco_v2"]
 
@@ -139,7 +140,7 @@ def _paper_files(tmp_path):
     """--set overrides that give the paper scale every file it needs (placeholders: nothing reads them)."""
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"x")
-    return [f"data.bdd100k_root={tmp_path}"] + [
+    return [f"data.datasets.bdd100k.root={tmp_path}"] + [
         f"checkpoints.catalog.{name}.path={weights}" for name in ("moco_v2", "supervised_imagenet", "openclip_rn50")]
 
 
@@ -150,12 +151,12 @@ def test_user_overrides_win_over_the_paper_block(tmp_path):
     p = resolve(raw, ["scale=paper", *_paper_files(tmp_path), "train.epochs=3", "train.adapt_epochs=1",
                       "model.backbone=resnet18",  # the embedded default's value: it still wins
                       "checkpoints.sources=[moco_v2]",  # a list replaces the block's list
-                      "data.dg_domains=[night, rainy]"])
+                      "data.dg_domains=[bdd_night, bdd_rainy]"])
     assert (p["train"]["epochs"], p["train"]["adapt_epochs"], p["model"]["backbone"]) == (3, 1, "resnet18")
-    assert p["checkpoints"]["sources"] == ["moco_v2"] and p["data"]["dg_domains"] == ["night", "rainy"]
+    assert p["checkpoints"]["sources"] == ["moco_v2"] and p["data"]["dg_domains"] == ["bdd_night", "bdd_rainy"]
     # everything the user did not set still comes from the block
     assert p["model"]["fpn_channels"] == paper["model"]["fpn_channels"] == 256
-    assert p["train"]["lr"] == paper["train"]["lr"] and p["data"]["dataset"] == "bdd100k"
+    assert p["train"]["lr"] == paper["train"]["lr"] and p["data"]["source_domain"] == "bdd_clear_daytime"
     # a user override of a key inside a mapping the block sets leaves the block's siblings alone
     p = merge_layers(raw, ["scale=paper", "model={lv: {num_context: 4}}"])
     assert p["model"]["lv"] == {**raw["model"]["lv"], **paper["model"]["lv"], "num_context": 4}
@@ -282,7 +283,7 @@ def test_dvc_experiment_values_win_over_the_paper_block(tmp_path, monkeypatch):
     assert experiment_overrides(params) == []  # outside an experiment: params.yaml is the base layer
     monkeypatch.setenv(DVC_EXP_BASELINE_ENV, rev)
     assert experiment_overrides(params) == ["scale=paper", "train.epochs=3"]
-    paths = ["train.adapt_epochs=1", "data.bdd100k_root=/d/bdd100k", "checkpoints.catalog.moco_v2.path=/w/m.pth",
+    paths = ["train.adapt_epochs=1", "data.datasets.bdd100k.root=/d/bdd100k", "checkpoints.catalog.moco_v2.path=/w/m.pth",
              "checkpoints.catalog.supervised_imagenet.path=/w/r50.pth", "checkpoints.catalog.openclip_rn50.path=/w/c.pt"]
     resolved = load_params(params, experiment_overrides(params) + paths)
     assert resolved["train"]["epochs"] == 3 and resolved["model"]["backbone"] == "resnet50"
