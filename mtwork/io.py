@@ -39,11 +39,18 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
-def save_torch(path: str | os.PathLike, obj: Any) -> None:
+def save_torch_to(path: str | os.PathLike, obj: Any) -> None:
+    """``torch.save`` through a file handle: given a path, torch names the archive's inner folder after
+    the file, and a temporary file's random name would make equal objects give different bytes."""
     import torch
 
+    with open(path, "wb") as handle:
+        torch.save(obj, handle)
+
+
+def save_torch(path: str | os.PathLike, obj: Any) -> None:
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        save_torch_to(tmp, obj)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

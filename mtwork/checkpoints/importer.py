@@ -28,7 +28,7 @@ import torch
 
 import mtwork
 from mtwork.checkpoints.formats import CHECKPOINT_FORMATS, CheckpointFormatError, Conversion, declared_arch
-from mtwork.io import atomic_path, sha256_file
+from mtwork.io import atomic_path, save_torch_to, sha256_file
 from mtwork.models.backbones import (
     BackboneLoadError,
     create_backbone,
@@ -212,15 +212,18 @@ def import_checkpoint(
 
         report.sha256 = sha256_file(src_path) if src_path is not None else None
         provenance = _provenance(report, loaded_with)
+        # the weights file holds nothing time-dependent, so the same upstream file imports to the same
+        # bytes (DVC and Snakemake see an unchanged output); the time of the import goes to the report
         payload = {"arch": arch, "state_dict": state, "provenance": provenance}
         with atomic_path(out) as tmp_out, atomic_path(report_path) as tmp_report:
-            torch.save(payload, tmp_out)
+            save_torch_to(tmp_out, payload)
             # Prove the promise to the consumer before anything appears at the final path.
             try:
                 create_backbone(arch, tmp_out)
             except BackboneLoadError as exc:  # a bug here, not in the upstream file
                 raise CheckpointImportError(f"{out}: the converted file does not load back: {exc}", report) from exc
-            tmp_report.write_text(_json({**report.to_dict(), "provenance": provenance}))
+            created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            tmp_report.write_text(_json({**report.to_dict(), "provenance": provenance, "created_utc": created}))
     return report
 
 
@@ -435,7 +438,6 @@ def _provenance(report: ImportReport, loaded_with: Optional[str]) -> Dict[str, A
         "kept_keys": len(report.kept),
         "filled_keys": list(report.filled),
         "dropped_keys": {"count": len(report.dropped), "first": report.dropped[:SHOW_KEYS]},
-        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "mtwork_version": mtwork.__version__,
         "torch_version": str(torch.__version__),  # TorchVersion would not load weights_only
     }

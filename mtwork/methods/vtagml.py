@@ -290,8 +290,10 @@ class _SwinMultiTaskModel(nn.Module):
         info = _check_backbone_info(backbone_info)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"format": ADAPTER_FORMAT, "version": ADAPTER_VERSION, "backbone": info,
-                    "config": self._config(), "state_dict": self.trainable_state_dict()}, path)
+        from mtwork.io import save_torch_to
+
+        save_torch_to(path, {"format": ADAPTER_FORMAT, "version": ADAPTER_VERSION, "backbone": info,
+                             "config": self._config(), "state_dict": self.trainable_state_dict()})
         return path
 
     def load_adapter(self, path: Union[str, Path], backbone_info: Mapping[str, Any]) -> None:
