@@ -96,7 +96,7 @@ SCHEMA: Dict[str, Any] = {
         "backbone": str,
         "fpn_channels": int,
         "adapter_reduction": int,
-        "adapter_placement": ("choice", ADAPTER_PLACEMENTS),
+        "adapter_placement": ("choice_or_list", ADAPTER_PLACEMENTS),
         "det": {"score_thresh": _num, "nms_iou": _num, "max_detections": int},
         "lv": {"clip_source": str, "num_context": int, "align_weight": _num},
         "lora": {"rank": int, "alpha": _num, "target": str},
@@ -218,6 +218,12 @@ def _check(value: Any, spec: Any, key: str) -> None:
             if sub not in value:
                 raise ParamsError(f"missing key '{_join(key, sub)}'")
             _check(value[sub], sub_spec, _join(key, sub))
+        return
+    if isinstance(spec, tuple) and spec and spec[0] == "choice_or_list":
+        # one value, or a non-empty list of distinct values (the plan makes a run for each)
+        values = value if isinstance(value, list) else [value]
+        if not values or len(set(map(str, values))) != len(values) or any(v not in spec[1] for v in values):
+            raise ParamsError(f"'{key}' must be one of {list(spec[1])} or a list of them, got {value!r}")
         return
     if isinstance(spec, tuple) and spec and spec[0] == "choice":
         if value not in spec[1]:

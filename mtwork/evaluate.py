@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from mtwork.io import atomic_path, write_json
+from mtwork.plan import ADAPTER_METHODS
 from mtwork.runtime import autocast, resolve_device, set_threads
 
 # delta_m compares one primary metric per task (named in every table caption).
@@ -127,6 +128,7 @@ def _evaluate_on(params, run_dir: Path, model, ckpt, device, protocol: str, doma
         "domain": domain,
         "source": log.get("source"),
         "paradigm": log.get("paradigm"),
+        "adapter_placement": config.get("adapter_placement") if config.get("method") in ADAPTER_METHODS else None,
         "method": log.get("method"),
         "tasks": config["tasks"],
         "seed": log.get("seed"),

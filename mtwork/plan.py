@@ -54,16 +54,37 @@ for _name, _spec in VIT_PARADIGMS.items():
 ADAPT_PARADIGMS = ("pretrain_adapt_finetune", "pretrain_adapt_finetune_lv")
 
 
+#: Methods with multi-scale adapters, whose placement (``model.adapter_placement``) is part of a run.
+ADAPTER_METHODS = ("multiscale_adapter", "lv_adapter")
+#: Where adapters sit unless the run id says otherwise (``mtwork.methods.multiscale_adapter``).
+DEFAULT_PLACEMENT = "outputs"
+PLACEMENTS = ("outputs", "stages")
+#: Protocols of a run's training beyond the plain multi-task one (``mtl``, no segment in the id):
+#: ``zeroshot``: finetuned on the target domain for some tasks, the others evaluated zero-shot there;
+#: ``uda``: adapted to the unlabelled target domain; ``oracle``: trained with the target's labels.
+RUN_PROTOCOLS = ("zeroshot", "uda", "oracle")
+
+
 @dataclass(frozen=True)
 class RunSpec:
+    """One run. ``placement``: where its multi-scale adapters sit (adapter methods only); ``protocol``
+    and ``target``: a run trained for a transfer protocol on ``target`` (a data.domains name)."""
+
     source: str
     paradigm: str
     tasks: Tuple[str, ...]
     seed: int
+    placement: str = DEFAULT_PLACEMENT
+    protocol: str = PROTOCOL_MTL
+    target: str | None = None
 
     @property
     def id(self) -> str:
-        return f"{self.source}__{self.paradigm}__{'-'.join(self.tasks)}__s{self.seed}"
+        """SOURCE__PARADIGM[-PLACEMENT]__TASK-TASK[__PROTOCOL-TARGET]__sSEED (brackets: only when not the
+        default ``outputs`` placement / the plain multi-task protocol)."""
+        paradigm = self.paradigm if self.placement == DEFAULT_PLACEMENT else f"{self.paradigm}-{self.placement}"
+        protocol = "" if self.protocol == PROTOCOL_MTL else f"__{self.protocol}-{self.target}"
+        return f"{self.source}__{paradigm}__{'-'.join(self.tasks)}{protocol}__s{self.seed}"
 
     @property
     def method(self) -> str:
@@ -80,12 +101,28 @@ class RunSpec:
 
 def parse_run_id(run_id: str) -> RunSpec:
     parts = run_id.split("__")
-    if len(parts) != 4 or not parts[3].startswith("s") or not parts[3][1:].isdigit():
-        raise ValueError(f"run id '{run_id}' is not of the form SOURCE__PARADIGM__TASK-TASK__sSEED")
-    source, paradigm, tasks, seed = parts
+    form = "SOURCE__PARADIGM[-PLACEMENT]__TASK-TASK[__PROTOCOL-TARGET]__sSEED"
+    if len(parts) not in (4, 5) or not parts[-1].startswith("s") or not parts[-1][1:].isdigit():
+        raise ValueError(f"run id '{run_id}' is not of the form {form}")
+    source, paradigm, tasks = parts[:3]
+    paradigm, _, placement = paradigm.partition("-")
     if paradigm not in PARADIGM_METHOD:
         raise ValueError(f"run id '{run_id}': unknown paradigm '{paradigm}' (known: {', '.join(PARADIGM_METHOD)})")
-    return RunSpec(source, paradigm, tuple(tasks.split("-")), int(seed[1:]))
+    if placement and (placement not in PLACEMENTS or PARADIGM_METHOD[paradigm] not in ADAPTER_METHODS):
+        raise ValueError(f"run id '{run_id}': '{placement}' is no adapter placement of paradigm '{paradigm}'")
+    protocol, target = PROTOCOL_MTL, None
+    if len(parts) == 5:
+        protocol, _, target = parts[3].partition("-")
+        if protocol not in RUN_PROTOCOLS or not target:
+            raise ValueError(f"run id '{run_id}': '{parts[3]}' is not PROTOCOL-TARGET (protocols: {', '.join(RUN_PROTOCOLS)})")
+    return RunSpec(source, paradigm, tuple(tasks.split("-")), int(parts[-1][1:]), placement or DEFAULT_PLACEMENT,
+                   protocol, target)
+
+
+def adapter_placements(params: Mapping[str, Any]) -> List[str]:
+    """model.adapter_placement as a list: one value, or several to compare (a run each)."""
+    value = params["model"]["adapter_placement"]
+    return [value] if isinstance(value, str) else list(value)
 
 
 def plan_runs(params: Mapping[str, Any]) -> List[RunSpec]:
@@ -97,6 +134,9 @@ def plan_runs(params: Mapping[str, Any]) -> List[RunSpec]:
             for paradigm in train["paradigms"]:
                 if paradigm == "single_task":
                     runs.extend(RunSpec(source, paradigm, (task,), seed) for task in train["tasks"])
+                elif PARADIGM_METHOD[paradigm] in ADAPTER_METHODS:  # a run per adapter placement compared
+                    runs.extend(RunSpec(source, paradigm, tuple(train["tasks"]), seed, placement)
+                                for placement in adapter_placements(params))
                 else:
                     runs.append(RunSpec(source, paradigm, tuple(train["tasks"]), seed))
     return runs

@@ -41,7 +41,7 @@ def model_config(params: Mapping[str, Any], run: RunSpec) -> Dict[str, Any]:
         "fpn_channels": model["fpn_channels"],
         "method": run.method,
         "adapter_reduction": model["adapter_reduction"],
-        "adapter_placement": model["adapter_placement"],
+        "adapter_placement": run.placement,  # part of the run id (plan.adapter_placements)
         "task_kwargs": {t: kw for t, kw in task_kwargs(params).items() if t in run.tasks},
     }
     if run.method == "lv_adapter":

@@ -70,7 +70,7 @@ def train_run_param_keys(params: Mapping[str, Any], run: "plan.RunSpec") -> List
     if run.paradigm in plan.ADAPT_PARADIGMS:
         keys.append("train.adapt_epochs")
     if run.method in ("multiscale_adapter", "lv_adapter"):
-        keys += ["model.adapter_reduction", "model.adapter_placement"]
+        keys.append("model.adapter_reduction")  # (the placement is part of the run id)
     if run.method == "lv_adapter":
         keys.append("model.lv")
     if run.method == "lora":
@@ -101,7 +101,7 @@ def rule_param_keys(rule: str) -> List[str]:
     """The keys any job of ``rule`` may read (the union over its kinds of jobs)."""
     return RULE_PARAM_KEYS[rule] + (VIT_TRAIN_PARAM_KEYS if rule == "train" else [])
 
-_SOURCE1_PLAN = ["checkpoints.sources", "train.tasks", "train.paradigms", "train.seeds"]
+_SOURCE1_PLAN = ["checkpoints.sources", "train.tasks", "train.paradigms", "train.seeds", "model.adapter_placement"]
 _SOURCE2_PLAN = ["vit.enabled", "vit.source", "vit.tasks", "vit.task_subsets", "vit.paradigms", "vit.seeds"]
 _DATA_PLAN = ["data.datasets", "data.domains", "data.source_domain", "data.dg_domains"]
 _SOURCE_DATA_PLAN = ["data.datasets", "data.source_domain"]  # jobs that read the source domain only

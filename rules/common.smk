@@ -264,7 +264,10 @@ CONDA_ENV = "../envs/mtwork.yaml"
 # run ids as plan.RunSpec.id writes them: SOURCE__PARADIGM__TASK-TASK__sSEED
 _paradigms = "|".join(plan.PARADIGM_METHOD)
 _tasks = "|".join(dict.fromkeys(mtconfig.TASK_NAMES + mtconfig.VIT_TASK_NAMES))
-RUN_ID_PATTERN = rf"[A-Za-z0-9_\-]+?__(?:{_paradigms})__(?:{_tasks})(?:-(?:{_tasks}))*__s[0-9]+"
+_placements = "|".join(plan.PLACEMENTS)
+_protocols = "|".join(plan.RUN_PROTOCOLS)
+RUN_ID_PATTERN = (rf"[A-Za-z0-9_\-]+?__(?:{_paradigms})(?:-(?:{_placements}))?__(?:{_tasks})(?:-(?:{_tasks}))*"
+                  rf"(?:__(?:{_protocols})-[A-Za-z0-9_\-]+?)?__s[0-9]+")
 
 
 # ---- every planned output, rule by rule ------------------------------------------------------------

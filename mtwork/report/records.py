@@ -70,6 +70,9 @@ ROW_KEYS: Tuple[RowKey, ...] = (
     RowKey("domain"),
     RowKey("tasks"),  # a single-task run counts towards the single-task row of every task set holding its task
     RowKey("paradigm"),
+    # where source 1's multi-scale adapters sit ("" for methods without them): a column when a table
+    # compares both placements (model.adapter_placement: [outputs, stages])
+    RowKey("adapter_placement"),
 )
 ROW: Tuple[str, ...] = tuple(k.name for k in ROW_KEYS)
 #: What a multi-task run shares with the single-task runs that are its Δm baselines (besides the seed).

@@ -187,14 +187,28 @@ def test_timm_forward_stages_matches_features_only_forward():
 
 
 def test_run_model_config_carries_the_placement():
-    from mtwork.plan import parse_run_id
+    from mtwork.plan import parse_run_id, plan_runs
     from mtwork.train import model_config
 
     params = load_params(PARAMS, ["model.adapter_placement=stages"])
-    config = model_config(params, parse_run_id("moco_v2__pretrain_adapt_finetune__semseg-drivable__s0"))
+    run = parse_run_id("moco_v2__pretrain_adapt_finetune-stages__semseg-drivable__s0")
+    assert run.placement == "stages" and run.id == "moco_v2__pretrain_adapt_finetune-stages__semseg-drivable__s0"
+    config = model_config(params, run)
     assert config["adapter_placement"] == "stages"
+    # both placements compared: a run of each adapter paradigm per placement; the others once
+    both = load_params(PARAMS, ["model.adapter_placement=[outputs, stages]", "checkpoints.sources=[moco_v2]",
+                                "train.seeds=[0]"])
+    ids = [r.id for r in plan_runs(both)]
+    assert "moco_v2__pretrain_adapt_finetune__semseg-drivable-det__s0" in ids
+    assert "moco_v2__pretrain_adapt_finetune-stages__semseg-drivable-det__s0" in ids
+    assert "moco_v2__pretrain_adapt_finetune_lv-stages__semseg-drivable-det__s0" in ids
+    assert sum("pretrain_finetune" in i for i in ids) == 1 and not any("lora-" in i for i in ids)
+    with pytest.raises(ValueError, match="no adapter placement"):
+        parse_run_id("moco_v2__lora-stages__semseg__s0")
     model = build_multitask_model(weights=None, **config)
     assert model.adapter_placement == "stages" and model.adapter.placement == "stages"
     assert load_params(PARAMS)["model"]["adapter_placement"] == "outputs"
     with pytest.raises(ValueError, match="model.adapter_placement"):
         load_params(PARAMS, ["model.adapter_placement=between"])
+    with pytest.raises(ValueError, match="model.adapter_placement"):
+        load_params(PARAMS, ["model.adapter_placement=[stages, stages]"])

@@ -59,7 +59,8 @@ def _records():
 
 
 def _stat(frame, paradigm, column):
-    return summarize(frame).loc[("moco_v2", "", "semseg-drivable-det", paradigm, column)]
+    # row keys: source, domain, tasks, paradigm, adapter placement ("" in these records), then the column
+    return summarize(frame).loc[("moco_v2", "", "semseg-drivable-det", paradigm, "", column)]
 
 
 def test_frame_folds_seeds_and_single_task_runs():
