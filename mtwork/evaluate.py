@@ -16,8 +16,9 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from mtwork.io import write_json
-from mtwork.runtime import autocast, resolve_device, set_threads
+from mtwork.engine.precision import autocast
+from mtwork.io import nan_to_none, write_json
+from mtwork.runtime import resolve_device, set_threads
 
 # delta_m compares one primary metric per task (named in every table caption).
 PRIMARY_METRIC = {"semseg": "miou", "drivable": "miou", "det": "map",
@@ -93,7 +94,7 @@ def evaluate_run(
 def _evaluate_on(params, run_dir: Path, model, ckpt, device, protocol: str, domain: str,
                  data_root: str | Path, out: str | Path) -> Dict[str, Any]:
     from mtwork.data.batch import collate
-    from mtwork.data.bdd100k import BDD100KDataset
+    from mtwork.data.bdd100k import BDD100KDataset, DatasetError
     from mtwork.data.transforms import EvalTransform
     from mtwork.tasks import TASKS
 
@@ -101,10 +102,10 @@ def _evaluate_on(params, run_dir: Path, model, ckpt, device, protocol: str, doma
     tasks = {t: TASKS.create(t, **config["task_kwargs"].get(t, {})) for t in config["tasks"]}
     dataset = BDD100KDataset(data_root, "val", tasks=tuple(tasks), transform=EvalTransform(tuple(params["train"]["input_size"])))
     if len(dataset) == 0:
-        raise ValueError(f"{data_root}: the val split has no images labeled for {', '.join(tasks)}")
-    loader = DataLoader(dataset, batch_size=params["evaluate"]["batch_size"], shuffle=False, collate_fn=collate)
+        raise DatasetError(f"{data_root}: the val split has no images labeled for {', '.join(tasks)}")
+    loader = eval_loader(dataset, params["evaluate"]["batch_size"], collate, params["train"]["workers"], device)
     t0 = time.perf_counter()
-    metrics = run_evaluators(tasks, loader, model, device, bool(params["train"]["amp"]),
+    metrics = run_evaluators(tasks, loader, model, device, params["train"]["amp"],
                              desc=f"evaluate {run_dir.name} on {domain}")
     log_path = run_dir / "log.json"
     log = _read_json(log_path) if log_path.is_file() else {}
@@ -118,7 +119,7 @@ def _evaluate_on(params, run_dir: Path, model, ckpt, device, protocol: str, doma
         "tasks": config["tasks"],
         "seed": log.get("seed"),
         "params_hash": ckpt.get("params_hash"),
-        "metrics": metrics,
+        "metrics": nan_to_none(metrics),  # an undefined metric (nothing to score) is null
         "higher_is_better": {t: {m.name: m.higher_is_better for m in task.metrics} for t, task in tasks.items()},
         "train": {
             "seconds": log.get("train_seconds"),
@@ -135,11 +136,19 @@ def _evaluate_on(params, run_dir: Path, model, ckpt, device, protocol: str, doma
     return record
 
 
+def eval_loader(dataset, batch_size: int, collate: Callable, workers: int, device: torch.device) -> DataLoader:
+    """The evaluation DataLoader: in order, ``workers`` loader processes (train.workers), pinned memory
+    on CUDA so the copies to the GPU overlap the forward."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=workers,
+                      pin_memory=device.type == "cuda")
+
+
 def run_evaluators(tasks: Mapping[str, Any], loader: DataLoader, forward: Callable[[torch.Tensor], Mapping[str, Any]],
-                   device: torch.device, amp: bool, desc: str) -> Dict[str, Dict[str, float]]:
+                   device: torch.device, amp: str, desc: str) -> Dict[str, Dict[str, float]]:
     """Every task's evaluator over ``loader``: ``forward(image (B,3,H,W)) -> {task: outputs}``, run without
-    gradients (bf16 autocast on GPU when ``amp``); each evaluator sees its task's outputs in float32 for
-    the batches holding a sample labeled for it. Returns {task: {metric: value}}."""
+    gradients under the autocast of ``amp`` (train.amp, ``mtwork.engine.precision``); each evaluator sees
+    its task's outputs in float32 for the batches holding a sample labeled for it.
+    Returns {task: {metric: value}}."""
     from mtwork.data.batch import batch_to_device
 
     evaluators = {t: task.evaluator() for t, task in tasks.items()}

@@ -105,8 +105,11 @@ if OVERRIDES:
 
 # ---- the parameters each rule reads (its `params`; dvc.yaml lists the same keys per stage) --------
 
+# the training engine's keys that change a run's numbers; not workers/threads/keep_epoch_checkpoints/
+# log_steps (speed and bookkeeping only), nor the number of processes (world-size invariant)
+ENGINE_KEYS = [f"train.{k}" for k in ("device", "amp", "compile", "channels_last", "sync_bn")]
 TRAIN_KEYS = [f"train.{k}" for k in ("epochs", "adapt_epochs", "batch_size", "input_size", "lr", "weight_decay",
-                                     "warmup_epochs", "loss_weights", "device", "amp")]
+                                     "warmup_epochs", "loss_weights", "accum_steps")] + ENGINE_KEYS
 PARAM_KEYS = {
     "generate_synthdrive": ["data.synthdrive"],
     "check_data": [],
@@ -119,9 +122,9 @@ PARAM_KEYS = {
                "data.dg_domains", "vit.enabled", "vit.tasks", "vit.task_subsets", "vit.paradigms", "vit.seeds"],
     # source 2: everything of the vit block shapes a run but its run lists (those only plan runs)
     "train_vit": [f"vit.{k}" for k in ("source", "epochs", "batch_size", "input_size", "lr", "weight_decay",
-                                       "warmup_epochs", "loss_weights", "task_embed_dim", "adapter_reduction", "adapted_blocks",
-                                       "troa")]
-    + ["train.device", "train.amp"],
+                                       "warmup_epochs", "loss_weights", "accum_steps", "task_embed_dim", "adapter_reduction",
+                                       "adapted_blocks", "troa")]
+    + ENGINE_KEYS,
     "evaluate_vit": ["evaluate", "vit.input_size", "train.device", "train.amp", "data.source_domain"],
 }
 

@@ -115,3 +115,30 @@ def test_vit_paradigms_agree_with_the_plan():
     from mtwork.plan import VIT_PARADIGMS as PLANNED
 
     assert set(VIT_PARADIGMS) == set(PLANNED) - {"single_task"}
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epochs=0", "'train.epochs' must be >= 1, got 0"),
+        ("train.batch_size=0", "'train.batch_size' must be >= 1"),
+        ("train.lr=0", "'train.lr' must be > 0, got 0"),
+        ("train.lr=-0.1", "'train.lr' must be > 0"),
+        ("train.weight_decay=-1", "'train.weight_decay' must be >= 0"),
+        ("train.warmup_epochs=-0.5", "'train.warmup_epochs' must be >= 0"),
+        ("train.workers=-1", "'train.workers' must be >= 0"),
+        ("train.threads=0", "'train.threads' must be >= 1"),
+        ("train.accum_steps=0", "'train.accum_steps' must be >= 1"),
+        ("train.accum_steps=16", "'train.accum_steps' \\(16\\) cannot exceed train.batch_size"),
+        ("train.loss_weights.det=-1", "'train.loss_weights.det' must be >= 0"),
+        ("vit.epochs=0", "'vit.epochs' must be >= 1"),
+        ("vit.lr=.nan", "'vit.lr' must be > 0, got nan"),
+        ("vit.troa.every=0", "'vit.troa.every' must be >= 1"),
+        ("evaluate.batch_size=0", "'evaluate.batch_size' must be >= 1"),
+        ("data.synthdrive.overlap=1.5", "'data.synthdrive.overlap' must be in \\[0, 1\\]"),
+        ("train.amp=true", "'train.amp' must be one of \\['auto', 'none', 'bf16', 'fp16'\\]"),
+    ],
+)
+def test_numeric_settings_are_range_checked(override, message):
+    with pytest.raises(ParamsError, match=message):
+        load_params(PARAMS, [override])

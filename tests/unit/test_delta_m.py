@@ -7,7 +7,7 @@ import pytest
 from mtwork.evaluate import delta_m
 from mtwork.report.records import build_rows
 from mtwork.report.tables import render_csv, render_latex, render_markdown, table_cells, caption
-from mtwork.train import lr_factor
+from mtwork.engine.optim import lr_factor
 
 
 def test_delta_m_hand_computed():
