@@ -28,6 +28,7 @@ from typing import Any, Dict, Iterable, List, Mapping
 import yaml
 
 from mtwork.checkpoints.catalog import quickgelu_config_for  # data only (stdlib): no torch imported here
+from mtwork.errors import UserError
 
 SCALES = ("embedded", "paper")
 #: On-disk formats a dataset can have: the readers of mtwork.data.registry (a test keeps them equal,
@@ -48,6 +49,8 @@ DEVICES = ("auto", "cpu", "cuda")
 # source 2's adapted blocks (mtwork.methods.vtagml.ADAPTED_BLOCK_TRAINING); tests keep each pair equal.
 ADAPTER_PLACEMENTS = ("outputs", "stages")
 ADAPTED_BLOCK_TRAINING = ("frozen", "full")
+# train.amp (mtwork.engine.precision): auto = bf16 on CUDA, none on CPU
+AMP_MODES = ("auto", "none", "bf16", "fp16")
 # Checkpoint formats that have an embedded pretraining run (mtwork.pretrain.PRETRAINERS; a test keeps
 # the two equal, without importing torch here).
 EMBEDDED_PRETRAIN_FORMATS = ("byol", "densecl", "dino", "moco", "open_clip", "simclr", "simmim")
@@ -69,6 +72,7 @@ _SCHEDULE: Dict[str, Any] = {
     "weight_decay": _num,
     "warmup_epochs": _num,
     "loss_weights": ("mapping", _num),
+    "accum_steps": int,
 }
 
 # Leaf spec: a type or tuple of types, or ("list", item_type, choices), or ("choice", values).
@@ -110,9 +114,13 @@ SCHEMA: Dict[str, Any] = {
         **_SCHEDULE,
         "workers": int,
         "device": ("choice", DEVICES),
-        "amp": bool,
+        "amp": ("choice", AMP_MODES),
+        "compile": bool,
+        "channels_last": bool,
+        "sync_bn": bool,
         "threads": int,
         "keep_epoch_checkpoints": bool,
+        "log_steps": bool,
     },
     "evaluate": {"batch_size": int},
     "vit": {
@@ -134,7 +142,7 @@ SCHEMA: Dict[str, Any] = {
 }
 
 
-class ParamsError(ValueError):
+class ParamsError(UserError, ValueError):
     """params.yaml (or an override) is invalid; the message names the dotted key."""
 
 
@@ -255,7 +263,48 @@ def _kind_names(kinds) -> str:
     return " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
 
 
+#: Lower bounds of numeric settings: (dotted key, bound, strict). Checked before anything else uses them.
+RANGES = (
+    ("train.epochs", 1, False), ("train.adapt_epochs", 0, False), ("train.batch_size", 1, False),
+    ("train.lr", 0, True), ("train.weight_decay", 0, False), ("train.warmup_epochs", 0, False),
+    ("train.accum_steps", 1, False), ("train.workers", 0, False), ("train.threads", 1, False),
+    ("evaluate.batch_size", 1, False),
+    ("vit.epochs", 1, False), ("vit.batch_size", 1, False), ("vit.lr", 0, True), ("vit.weight_decay", 0, False),
+    ("vit.warmup_epochs", 0, False), ("vit.accum_steps", 1, False), ("vit.task_embed_dim", 1, False),
+    ("vit.adapter_reduction", 1, False), ("vit.troa.every", 1, False), ("vit.troa.step_size", 0, True),
+    ("model.fpn_channels", 1, False), ("model.adapter_reduction", 1, False),
+    ("checkpoints.pretrain.epochs", 1, False), ("checkpoints.pretrain.batch_size", 1, False),
+    ("checkpoints.pretrain.crop", 1, False), ("data.synthdrive.overlap", 0, False),
+)
+
+
+def _get(p: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = p
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _check_ranges(p: Dict[str, Any]) -> None:
+    import math
+
+    for key, bound, strict in RANGES:
+        value = _get(p, key)
+        if not math.isfinite(value) or (value <= bound if strict else value < bound):
+            raise ParamsError(f"'{key}' must be {'>' if strict else '>='} {bound}, got {value!r}")
+    for block in ("train", "vit"):
+        for task, weight in p[block]["loss_weights"].items():
+            if not math.isfinite(weight) or weight < 0:
+                raise ParamsError(f"'{block}.loss_weights.{task}' must be >= 0, got {weight!r}")
+        if p[block]["accum_steps"] > p[block]["batch_size"]:
+            raise ParamsError(f"'{block}.accum_steps' ({p[block]['accum_steps']}) cannot exceed {block}.batch_size "
+                              f"({p[block]['batch_size']}): each micro-batch needs at least one sample")
+    if not 0 <= p["data"]["synthdrive"]["overlap"] <= 1:
+        raise ParamsError(f"'data.synthdrive.overlap' must be in [0, 1], got {p['data']['synthdrive']['overlap']!r}")
+
+
 def _check_semantics(p: Dict[str, Any]) -> None:
+    _check_ranges(p)
     train, ckpt, data = p["train"], p["checkpoints"], p["data"]
     if not 0 <= train["adapt_epochs"] < train["epochs"]:
         raise ParamsError(

@@ -22,9 +22,10 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from mtwork.io import atomic_path, write_json
+from mtwork.engine.precision import autocast
+from mtwork.io import atomic_path, nan_to_none, write_json
 from mtwork.plan import ADAPTER_METHODS
-from mtwork.runtime import autocast, resolve_device, set_threads
+from mtwork.runtime import resolve_device, set_threads
 
 # delta_m compares one primary metric per task (named in every table caption).
 PRIMARY_METRIC = {"semseg": "miou", "drivable": "miou", "det": "map",
@@ -106,6 +107,7 @@ def evaluate_run(
 def _evaluate_on(params, run_dir: Path, model, ckpt, device, protocol: str, domain: str,
                  data_root: str | Path, out: str | Path) -> Dict[str, Any]:
     from mtwork.data.batch import collate
+    from mtwork.data.bdd100k import DatasetError
     from mtwork.data.registry import open_domain
     from mtwork.data.transforms import EvalTransform
     from mtwork.tasks import TASKS
@@ -114,11 +116,11 @@ def _evaluate_on(params, run_dir: Path, model, ckpt, device, protocol: str, doma
     tasks = {t: TASKS.create(t, **config["task_kwargs"].get(t, {})) for t in config["tasks"]}
     dataset = open_domain(params, domain, "val", tuple(tasks), EvalTransform(tuple(params["train"]["input_size"])), root=data_root)
     if len(dataset) == 0:
-        raise ValueError(f"{data_root}: the val split has no images labeled for {', '.join(tasks)}")
-    loader = DataLoader(dataset, batch_size=params["evaluate"]["batch_size"], shuffle=False, collate_fn=collate)
+        raise DatasetError(f"{data_root}: the val split has no images labeled for {', '.join(tasks)}")
+    loader = eval_loader(dataset, params["evaluate"]["batch_size"], collate, params["train"]["workers"], device)
     t0 = time.perf_counter()
     evaluators = {t: task.evaluator() for t, task in tasks.items()}
-    metrics = run_evaluators(tasks, loader, model, device, bool(params["train"]["amp"]),
+    metrics = run_evaluators(tasks, loader, model, device, params["train"]["amp"],
                              desc=f"evaluate {run_dir.name} on {domain}", evaluators=evaluators)
     log_path = run_dir / "log.json"
     log = _read_json(log_path) if log_path.is_file() else {}
@@ -133,7 +135,7 @@ def _evaluate_on(params, run_dir: Path, model, ckpt, device, protocol: str, doma
         "tasks": config["tasks"],
         "seed": log.get("seed"),
         "params_hash": ckpt.get("params_hash"),
-        "metrics": metrics,
+        "metrics": nan_to_none(metrics),  # an undefined metric (nothing to score) is null
         "higher_is_better": {t: {m.name: m.higher_is_better for m in task.metrics} for t, task in tasks.items()},
         "train": {
             "seconds": log.get("train_seconds"),
@@ -154,13 +156,21 @@ def _evaluate_on(params, run_dir: Path, model, ckpt, device, protocol: str, doma
     return record
 
 
+def eval_loader(dataset, batch_size: int, collate: Callable, workers: int, device: torch.device) -> DataLoader:
+    """The evaluation DataLoader: in order, ``workers`` loader processes (train.workers), pinned memory
+    on CUDA so the copies to the GPU overlap the forward."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=workers,
+                      pin_memory=device.type == "cuda")
+
+
 def run_evaluators(tasks: Mapping[str, Any], loader: DataLoader, forward: Callable[[torch.Tensor], Mapping[str, Any]],
-                   device: torch.device, amp: bool, desc: str,
+                   device: torch.device, amp: str, desc: str,
                    evaluators: Mapping[str, Any] | None = None) -> Dict[str, Dict[str, float]]:
     """Every task's evaluator over ``loader``: ``forward(image (B,3,H,W)) -> {task: outputs}``, run without
-    gradients (bf16 autocast on GPU when ``amp``); each evaluator sees its task's outputs in float32 for
-    the batches holding a sample labeled for it. Returns {task: {metric: value}}. ``evaluators``: use
-    these ({task: evaluator}, e.g. to export their predictions afterwards) instead of new ones."""
+    gradients under the autocast of ``amp`` (train.amp, ``mtwork.engine.precision``); each evaluator sees
+    its task's outputs in float32 for the batches holding a sample labeled for it.
+    Returns {task: {metric: value}}. ``evaluators``: use these ({task: evaluator}, e.g. to export their
+    predictions afterwards) instead of new ones."""
     from mtwork.data.batch import batch_to_device
 
     if evaluators is None:

@@ -1,4 +1,7 @@
-"""Run-time plumbing shared by training, evaluation and pretraining: seeding, device, threads, hashing."""
+"""Run-time plumbing shared by training, evaluation and pretraining: seeding, device, threads, hashing.
+
+Mixed precision lives in ``mtwork.engine.precision``; data parallelism in ``mtwork.engine.distributed``.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -9,6 +12,8 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+
+from mtwork.errors import UserError
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -26,7 +31,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device is 'cuda' but no CUDA device is visible (set train.device: auto or cpu)")
+        raise UserError("train.device is 'cuda' but no CUDA device is visible (set train.device: auto or cpu)")
     return torch.device(name)
 
 
@@ -41,7 +46,3 @@ def params_hash(obj: Mapping[str, Any]) -> str:
     text = json.dumps(obj, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA when enabled; a no-op context on CPU (CPU bf16 is slower here)."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")

@@ -4,7 +4,10 @@ A run (``mtwork.plan.plan_vit_runs``) names the Swin's checkpoint source, a para
 ``mtwork.plan.VIT_PARADIGMS`` (which model, TAA/TSN switches, which loss balancer), its tasks and seed.
 Settings come from the ``vit`` block of params.yaml (device and AMP from ``train``).
 
+The training loop is ``mtwork.engine`` (docs/training.md); this module says what differs for source 2.
 Files written into the run directory (``models/vit/<run>/``):
+    epoch_NNN.pt  full training state after each epoch (resume; removed once final.pt is written unless
+               train.keep_epoch_checkpoints), as for source 1
     final.pt   the adapter file (``VTAGMLModel.save_adapter``): only what the run trained (adapters,
                task embeddings, decoders; the encoder too for full finetuning) plus the backbone's
                arch and the sha256 of its converted checkpoint; loading refuses another backbone
@@ -21,14 +24,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping
 
 import torch
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from mtwork import __version__
-from mtwork.io import sha256_file, write_json
+from mtwork.engine.recipe import FitSettings, Recipe, StepContext
+from mtwork.errors import UserError
+from mtwork.io import atomic_path, nan_to_none, sha256_file, write_json
 from mtwork.plan import VIT_PARADIGMS, RunSpec, parse_run_id, source_arch
-from mtwork.runtime import autocast, params_hash, resolve_device, seed_everything, set_threads
-from mtwork.train import lr_factor
+from mtwork.runtime import params_hash, resolve_device, seed_everything, set_threads
 
 # Decoder depth per stage (the paper: 2 Swin blocks per decoder stage).
 DECODER_DEPTH = 2
@@ -97,124 +98,123 @@ def _balancer_kwargs(params: Mapping[str, Any], name: str) -> Dict[str, Any]:
     return dict(params["vit"][name]) if name in ("troa", "troa_global") else {}
 
 
-def _dataset(params: Mapping[str, Any], data_root: str | Path, split: str, tasks, train: bool, domain: str | None = None):
+def _dataset(params: Mapping[str, Any], data_root: str | Path, split: str, tasks, eval_transform: bool = False,
+             domain: str | None = None):
+    """The split's reader of ``domain`` (default data.source_domain) under ``data_root``; raw samples for
+    training (the engine applies the seeded train transform), or with the evaluation transform."""
+    from mtwork.data.bdd100k import DatasetError
     from mtwork.data.registry import open_domain
-    from mtwork.data.transforms import EvalTransform, TrainTransform
+    from mtwork.data.transforms import EvalTransform
 
-    size = tuple(params["vit"]["input_size"])
-    transform = TrainTransform(size) if train else EvalTransform(size)
-    dataset = open_domain(params, domain or params["data"]["source_domain"], split, tuple(tasks), transform, root=data_root)
+    transform = EvalTransform(tuple(params["vit"]["input_size"])) if eval_transform else None
+    dataset = open_domain(params, domain or params["data"]["source_domain"], split, tuple(tasks), transform,
+                          root=data_root)
     if len(dataset) == 0:
-        raise ValueError(f"{data_root}: the {split} split has no images labeled for {', '.join(tasks)}")
+        raise DatasetError(f"{data_root}: the {split} split has no images labeled for {', '.join(tasks)}")
     return dataset
+
+
+class VitRecipe(Recipe):
+    """One source-2 run: a Swin-V2 model of ``VIT_PARADIGMS`` on the converted encoder, the dense tasks'
+    losses (``vit.loss_weights``) combined by the paradigm's loss balancer, one ``train`` stage."""
+
+    def __init__(self, params: Mapping[str, Any], run: RunSpec, data_root: str | Path, checkpoint: str | Path,
+                 domain: str | None = None):
+        from mtwork.data.batch import collate
+        from mtwork.data.transforms import TrainTransform
+        from mtwork.methods.loss_balancing import create_balancer
+        from mtwork.tasks import TASKS
+
+        if run.paradigm not in VIT_PARADIGMS:
+            raise UserError(f"run '{run.id}': paradigm '{run.paradigm}' is not one of source 2's ({', '.join(VIT_PARADIGMS)})")
+        vit, tp = params["vit"], params["train"]
+        self.run, self.run_id, self.checkpoint = run, run.id, str(checkpoint)
+        self.task_names = list(run.tasks)
+        self.settings = FitSettings.from_params(vit, tp, [("train", vit["epochs"])], run.seed)
+        self.params_hash = vit_params_hash(params, run)
+        seed_everything(run.seed)  # decoders and adapters are initialised here
+        self.config = vit_model_config(params, run)
+        self.model = build_vit_model(self.config, checkpoint)
+        self.tasks = {t: TASKS.create(t) for t in run.tasks}
+        self.weights = {t: float(vit["loss_weights"][t]) for t in run.tasks}
+        self.balancer = create_balancer(self.config["balancer"], list(run.tasks),
+                                        **_balancer_kwargs(params, self.config["balancer"]))
+        self.dataset = _dataset(params, data_root, "train", run.tasks, domain=domain)
+        self.transform = TrainTransform(tuple(vit["input_size"]))
+        self.collate = collate
+        self.shared = self.model.shared_adapter_parameters()
+
+    def to(self, device: torch.device) -> None:
+        self.balancer.to(device)
+        self.device = device
+
+    def log_header(self) -> Dict[str, Any]:
+        run = self.run
+        return {
+            "run": run.id, "source": run.source, "paradigm": run.paradigm, "method": self.config["model"],
+            "tasks": list(run.tasks), "seed": run.seed, "params_hash": self.params_hash,
+            "model_config": self.config, "checkpoint": self.checkpoint,
+            "total_params": self.model.count_parameters(trainable_only=False),
+            "trainable_params": {"train": self.model.count_parameters(trainable_only=True)},
+            "parameter_budget": self.model.parameter_budget(),
+        }
+
+    def extra_parameters(self) -> List[torch.nn.Parameter]:
+        # uncertainty weighting's log-variances: learned, never decayed, outside the model
+        return [p for p in self.balancer.parameters() if p.requires_grad]
+
+    def forward(self, model: Any, image: torch.Tensor) -> Any:
+        return model(image, self.balancer.affinity.to(image.device))
+
+    def losses(self, outputs: Any, batch: Mapping[str, Any], ctx: StepContext):
+        losses = {t: self.weights[t] * task.loss(activate(task, outputs[t].float()), batch, batch["labeled"][t])
+                  for t, task in self.tasks.items() if t in ctx.present}
+        if self.shared and ctx.first_micro:  # TROA: per-task gradients every k optimizer steps
+            self.balancer.maybe_update(ctx.step, losses, self.shared, all_reduce=ctx.all_reduce)
+        return self.balancer.weighted_loss(losses), {t: v.detach() for t, v in losses.items()}
+
+    def end_epoch(self, epoch: int, stage: str, task_means: Mapping[str, Any]) -> Dict[str, Any]:
+        self.balancer.end_epoch({t: v for t, v in task_means.items() if v is not None})
+        return {"task_weights": [float(w) for w in self.balancer.weights],
+                "affinity": self.balancer.affinity.detach().cpu().tolist(),
+                "balancer_updates": len(self.balancer.history(clear=True))}
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"balancer": self.balancer.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if "balancer" in state:
+            self.balancer.load_state_dict(state["balancer"])
+
+    def finish(self, log: Dict[str, Any], out_dir: Path) -> None:
+        log["seconds_per_epoch"] = log["train_seconds"] / max(1, len(log["epochs"]))
+        final = Path(out_dir) / "final.pt"
+        with atomic_path(final) as tmp:
+            self.model.save_adapter(tmp, backbone_info(self.config, self.checkpoint, self.run.source))
+        log["adapter_bytes"] = final.stat().st_size
+        log["balancer_state"] = {"weights": [float(w) for w in self.balancer.weights],
+                                 "affinity": self.balancer.affinity.detach().cpu().tolist()}
+
+
+def vit_params_hash(params: Mapping[str, Any], run: RunSpec) -> str:
+    """Hash of what shapes a source-2 run: exactly the settings its training job reads
+    (``mtwork.workflow.job_param_keys``: the vit block's schedule and model keys, the engine settings
+    that change numbers, the training domain), and its checkpoint entry."""
+    from mtwork.workflow import run_settings
+
+    return params_hash({"run": run.id, "settings": run_settings(params, run),
+                        "checkpoint": params["checkpoints"]["catalog"].get(run.source)})
 
 
 def train_vit_run(params: Mapping[str, Any], run_id: str, data_root: str | Path, checkpoint: str | Path,
                   out_dir: str | Path, domain: str | None = None) -> Dict[str, Any]:
-    """Train one source-2 run; returns its log (also written to ``out_dir/log.json``)."""
-    from mtwork.data.batch import batch_to_device, collate
-    from mtwork.methods.loss_balancing import create_balancer
-    from mtwork.tasks import TASKS
+    """Train one source-2 run on ``domain`` (default data.source_domain); returns its log (also written
+    to ``out_dir/log.json``)."""
+    from mtwork.engine.loop import fit
 
-    run = parse_run_id(run_id)
-    if run.paradigm not in VIT_PARADIGMS:
-        raise ValueError(f"run '{run_id}': paradigm '{run.paradigm}' is not one of source 2's ({', '.join(VIT_PARADIGMS)})")
-    vit, tp = params["vit"], params["train"]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    set_threads(tp["threads"])
-    generator = seed_everything(run.seed)
-    device = resolve_device(tp["device"])
-    config = vit_model_config(params, run)
-    model = build_vit_model(config, checkpoint).to(device)
-    tasks = {t: TASKS.create(t) for t in run.tasks}
-    weights = {t: float(vit["loss_weights"][t]) for t in run.tasks}
-    balancer = create_balancer(config["balancer"], list(run.tasks), **_balancer_kwargs(params, config["balancer"])).to(device)
-
-    dataset = _dataset(params, data_root, "train", run.tasks, train=True, domain=domain)
-    loader = DataLoader(dataset, batch_size=vit["batch_size"], shuffle=True, drop_last=len(dataset) > vit["batch_size"],
-                        num_workers=tp["workers"], collate_fn=collate, generator=generator)
-    steps_per_epoch = len(loader)
-    total_steps = steps_per_epoch * vit["epochs"]
-    warmup_steps = int(round(vit["warmup_epochs"] * steps_per_epoch))
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": trainable}]
-    extra = [p for p in balancer.parameters() if p.requires_grad]
-    if extra:  # uncertainty weighting's log-variances: learned, never decayed
-        groups.append({"params": extra, "weight_decay": 0.0})
-    optimizer = torch.optim.AdamW(groups, lr=vit["lr"], weight_decay=vit["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, warmup_steps))
-    shared = model.shared_adapter_parameters()
-
-    log: Dict[str, Any] = {
-        "run": run.id, "source": run.source, "paradigm": run.paradigm, "method": config["model"],
-        "tasks": list(run.tasks), "seed": run.seed,
-        "params_hash": params_hash({"run": run.id, "vit": vit, "data": params["data"],
-                                    "checkpoint": params["checkpoints"]["catalog"].get(run.source)}),
-        "model_config": config, "checkpoint": str(checkpoint),
-        "total_params": model.count_parameters(trainable_only=False),
-        "trainable_params": {"train": model.count_parameters(trainable_only=True)},
-        "parameter_budget": model.parameter_budget(),
-        "train_images": len(dataset), "labeled_images": dataset.labeled_counts(), "steps_per_epoch": steps_per_epoch,
-        "device": str(device), "torch": torch.__version__, "mtwork": __version__, "epochs": [],
-    }
-    step = 0
-    for epoch in range(vit["epochs"]):
-        model.train()
-        sums = {t: 0.0 for t in run.tasks}
-        counts = {t: 0 for t in run.tasks}
-        total_sum = 0.0
-        t0 = time.perf_counter()
-        bar = tqdm(loader, desc=f"{run.id} ep {epoch + 1}/{vit['epochs']}", leave=False, dynamic_ncols=True)
-        for batch in bar:
-            batch = batch_to_device(batch, device)
-            with autocast(device, bool(tp["amp"])):
-                outputs = model(batch["image"], balancer.affinity.to(device))
-                losses = {}
-                for t, task in tasks.items():
-                    labeled = batch["labeled"][t]
-                    if bool(labeled.any()):
-                        losses[t] = weights[t] * task.loss(activate(task, outputs[t].float()), batch, labeled)
-            if not losses:
-                continue
-            if shared:
-                balancer.maybe_update(step, losses, shared)  # TROA: per-task gradients every k steps
-            total = balancer.weighted_loss(losses)
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            total_sum += float(total.detach())
-            for t, value in losses.items():
-                sums[t] += float(value.detach())
-                counts[t] += 1
-            bar.set_postfix(loss=f"{float(total.detach()):.3f}", refresh=False)
-        seconds = time.perf_counter() - t0
-        means = {t: (sums[t] / counts[t] if counts[t] else None) for t in run.tasks}
-        balancer.end_epoch({t: v for t, v in means.items() if v is not None})
-        entry = {
-            "epoch": epoch + 1, "stage": "train", "loss": total_sum / max(1, steps_per_epoch), "task_loss": means,
-            "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
-            "task_weights": [float(w) for w in balancer.weights],
-            "affinity": balancer.affinity.detach().cpu().tolist(),
-            "balancer_updates": len(balancer.history(clear=True)),
-        }
-        log["epochs"].append(entry)
-        print(f"[mtwork train] {run.id} epoch {epoch + 1}/{vit['epochs']} loss {entry['loss']:.4f} "
-              f"weights {[round(w, 3) for w in entry['task_weights']]} ({seconds:.1f} s)", flush=True)
-
-    log["train_seconds"] = sum(e["seconds"] for e in log["epochs"])
-    log["seconds_per_epoch"] = log["train_seconds"] / max(1, len(log["epochs"]))
-    log["stage_seconds"] = {"train": log["train_seconds"]}
-    final = out_dir / "final.pt"
-    tmp = final.with_name(final.name + ".tmp")
-    model.save_adapter(tmp, backbone_info(config, checkpoint, run.source))
-    tmp.replace(final)
-    log["adapter_bytes"] = final.stat().st_size
-    log["balancer_state"] = {"weights": [float(w) for w in balancer.weights], "affinity": balancer.affinity.detach().cpu().tolist()}
-    write_json(out_dir / "log.json", log)
-    return log
+    set_threads(params["train"]["threads"])
+    recipe = VitRecipe(params, parse_run_id(run_id), data_root, checkpoint, domain)
+    return fit(recipe, out_dir, resolve_device(params["train"]["device"]))
 
 
 def evaluate_vit_run(params: Mapping[str, Any], run_dir: str | Path, data_root: str | Path, out: str | Path,
@@ -223,7 +223,7 @@ def evaluate_vit_run(params: Mapping[str, Any], run_dir: str | Path, data_root: 
     import json
 
     from mtwork.data.batch import collate
-    from mtwork.evaluate import run_evaluators
+    from mtwork.evaluate import eval_loader, run_evaluators
     from mtwork.tasks import TASKS
 
     run_dir = Path(run_dir)
@@ -240,19 +240,19 @@ def evaluate_vit_run(params: Mapping[str, Any], run_dir: str | Path, data_root: 
     model = model.to(device).eval()
     tasks = {t: TASKS.create(t) for t in log["tasks"]}
     domain = domain or params["data"]["source_domain"]
-    dataset = _dataset(params, data_root, "val", log["tasks"], train=False, domain=domain)
-    loader = DataLoader(dataset, batch_size=params["evaluate"]["batch_size"], shuffle=False, collate_fn=collate)
+    dataset = _dataset(params, data_root, "val", log["tasks"], eval_transform=True, domain=domain)
+    loader = eval_loader(dataset, params["evaluate"]["batch_size"], collate, tp["workers"], device)
     affinity = torch.tensor(log["balancer_state"]["affinity"], device=device)  # TROA's, as trained
 
     def forward(image: torch.Tensor) -> Dict[str, torch.Tensor]:
         return {t: activate(tasks[t], raw.float()) for t, raw in model(image, affinity).items()}
 
     t0 = time.perf_counter()
-    metrics = run_evaluators(tasks, loader, forward, device, bool(tp["amp"]), desc=f"evaluate {run_dir.name}")
+    metrics = run_evaluators(tasks, loader, forward, device, tp["amp"], desc=f"evaluate {run_dir.name}")
     record = {
         "run": log["run"], "protocol": "mtl", "domain": domain, "source": log["source"],
         "paradigm": log["paradigm"], "method": log["method"], "tasks": log["tasks"], "seed": log["seed"],
-        "params_hash": log["params_hash"], "metrics": metrics,
+        "params_hash": log["params_hash"], "metrics": nan_to_none(metrics),
         "higher_is_better": {t: {m.name: m.higher_is_better for m in task.metrics} for t, task in tasks.items()},
         "train": {"seconds": log["train_seconds"], "seconds_per_epoch": log["seconds_per_epoch"],
                   "trainable_params": log["trainable_params"], "total_params": log["total_params"],

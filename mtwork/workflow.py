@@ -27,8 +27,11 @@ from mtwork import plan
 
 # ---- what each rule reads ---------------------------------------------------------------------------
 
+# the training engine's keys that change a run's numbers; not workers/threads/keep_epoch_checkpoints/
+# log_steps (speed and bookkeeping only), nor the number of processes (world-size invariant)
+ENGINE_KEYS = [f"train.{k}" for k in ("device", "amp", "compile", "channels_last", "sync_bn")]
 TRAIN_KEYS = [f"train.{k}" for k in ("epochs", "adapt_epochs", "batch_size", "input_size", "lr", "weight_decay",
-                                     "warmup_epochs", "loss_weights", "device", "amp")]
+                                     "warmup_epochs", "loss_weights", "accum_steps")] + ENGINE_KEYS
 
 #: {rule: dotted params keys whose resolved values the rule's command reads ("{source}" is the job's
 #: checkpoint source)}. A rule's jobs carry these values as Snakemake ``params`` (so a changed value
@@ -51,9 +54,9 @@ RULE_PARAM_KEYS: Dict[str, List[str]] = {
 #: vit block that shapes a run but its run lists (those only plan runs).
 VIT_TRAIN_PARAM_KEYS: List[str] = [
     f"vit.{k}" for k in ("source", "epochs", "batch_size", "input_size", "lr", "weight_decay", "warmup_epochs",
-                         "loss_weights", "task_embed_dim", "adapter_reduction", "adapted_blocks",
+                         "loss_weights", "accum_steps", "task_embed_dim", "adapter_reduction", "adapted_blocks",
                          "adapted_block_training", "troa", "troa_global")
-] + ["train.device", "train.amp"]
+] + ENGINE_KEYS
 
 
 def train_run_param_keys(params: Mapping[str, Any], run: "plan.RunSpec") -> List[str]:
@@ -95,6 +98,22 @@ def job_param_keys(params: Mapping[str, Any], rule: str, wildcards: Mapping[str,
     domains = ([params["data"]["source_domain"]] if rule in _READS_SOURCE_DOMAIN
                else plan.planned_domains(params) if rule in _READS_ALL_DOMAINS else [])
     return keys + [f"data.domains.{name}" for name in domains]
+
+
+def lookup(params: Mapping[str, Any], key: str) -> Any:
+    """The value of dotted ``key`` in ``params`` (a KeyError names the key)."""
+    node: Any = params
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise KeyError(f"no setting '{key}'")
+        node = node[part]
+    return node
+
+
+def run_settings(params: Mapping[str, Any], run: "plan.RunSpec") -> Dict[str, Any]:
+    """{key: value} of exactly the settings a training run reads: what reruns its job in Snakemake, and
+    what its params hash (resume, provenance) covers."""
+    return {key: lookup(params, key) for key in job_param_keys(params, "train", {"run": run.id})}
 
 
 def rule_param_keys(rule: str) -> List[str]:

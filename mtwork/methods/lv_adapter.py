@@ -275,18 +275,20 @@ class AlignmentLoss:
 
     logits: (B,K,h,w) temperature-scaled score maps; ``loss(batch)``: cross-entropy of the logits
     upsampled (bilinear) to the label size against ``batch[task]`` (255 ignored), over the samples
-    with ``batch["labeled"][task]`` only; None when no sample of the batch is labeled.
+    with ``batch["labeled"][task]`` only; None when no sample of the batch is labeled, unless
+    ``required`` (data parallelism: the task is labeled on another rank, whose normalisation this rank
+    must join; then a graph-connected zero).
     """
 
     task: str
     logits: torch.Tensor = field(repr=False)
     weight: float = DEFAULT_ALIGN_WEIGHT
 
-    def loss(self, batch: Mapping[str, Any]) -> Optional[torch.Tensor]:
+    def loss(self, batch: Mapping[str, Any], required: bool = False) -> Optional[torch.Tensor]:
         from mtwork.tasks.segmentation import segmentation_loss
 
         labeled = batch["labeled"][self.task].to(self.logits.device)
-        if not bool(labeled.any()):
+        if not required and not bool(labeled.any()):
             return None
         target = batch[self.task].to(self.logits.device)[labeled]
         logits = F.interpolate(self.logits[labeled].float(), size=tuple(target.shape[-2:]),

@@ -252,6 +252,7 @@ def multitask_loss(
     batch: Mapping[str, Any],
     weights: Mapping[str, float] | None = None,
     aux_values: Dict[str, float] | None = None,
+    present: Sequence[str] | None = None,
 ) -> Tuple[torch.Tensor, Dict[str, float]]:
     """sum_t weights[t] * loss_t over the tasks with at least one labeled sample in the batch, plus
     the method's auxiliary terms ``outputs[AUX_OUTPUTS]`` (each ``term.weight * term.loss(batch)``,
@@ -263,12 +264,17 @@ def multitask_loss(
     total is a zero tensor without grad and the dict is empty (callers skip that step). The values of
     the auxiliary terms that counted are written into ``aux_values`` when a dict is given (unweighted),
     so the returned dict keeps holding task names only.
+
+    ``present``: the tasks to compute, instead of those with a labeled sample in ``batch``. Under data
+    parallelism the training engine passes the tasks labeled on *any* rank, so every rank computes
+    (and normalises, ``mtwork.engine.distributed``) the same losses, with graph-connected zeros where
+    it holds no label; an auxiliary term with a ``task`` attribute then counts iff its task does.
     """
     total: torch.Tensor | None = None
     values: Dict[str, float] = {}
     for name, task in tasks.items():
         labeled = batch["labeled"][name]
-        if not bool(labeled.any()):
+        if (name not in present) if present is not None else not bool(labeled.any()):
             continue
         if weights is not None and name not in weights:
             raise KeyError(f"no loss weight for task '{name}' (weights given for {sorted(weights)})")
@@ -277,7 +283,13 @@ def multitask_loss(
         values[name] = loss.item()
         total = weight * loss if total is None else total + weight * loss
     for name, term in (outputs.get(AUX_OUTPUTS) or {}).items():
-        loss = term.loss(batch)
+        term_task = getattr(term, "task", None)
+        if present is not None and term_task is not None:
+            if term_task not in present:
+                continue
+            loss = term.loss(batch, required=True)
+        else:
+            loss = term.loss(batch)
         if loss is None:
             continue
         if aux_values is not None:

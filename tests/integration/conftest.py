@@ -238,3 +238,38 @@ def fake_mtwork(tmp_path: Path) -> FakeMtwork:
     script.write_text(textwrap.dedent(FAKE_MTWORK.format(python=sys.executable)))
     script.chmod(0o755)
     return FakeMtwork(bin_dir, tmp_path / "mtwork-calls.jsonl")
+
+
+# ---- trained-model inputs shared by the training tests (session-scoped: made once) ---------------
+
+@pytest.fixture(scope="session")
+def pretrained(tmp_path_factory) -> Path:
+    """A converted randomly initialised ResNet-18 (``mtwork import-checkpoint --format random``)."""
+    from mtwork.checkpoints.importer import import_checkpoint
+
+    out = tmp_path_factory.mktemp("pretrained") / "random.pt"
+    import_checkpoint("random", None, out, arch="resnet18", seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def swin_checkpoint(tmp_path_factory) -> Path:
+    """A timm-layout Swin-V2 file (what the SimMIM run writes) imported through the converter."""
+    import torch
+
+    from mtwork.checkpoints.importer import import_checkpoint
+    from mtwork.models.swin import create_swinv2
+
+    folder = tmp_path_factory.mktemp("swin")
+    torch.manual_seed(0)
+    torch.save({"state_dict": create_swinv2("mtwork_swinv2_tiny", (64, 96)).state_dict(), "arch": "swin:mtwork_swinv2_tiny",
+                "pretrain": {"method": "simmim"}}, folder / "swin_simmim.pth.tar")
+    import_checkpoint("simmim", folder / "swin_simmim.pth.tar", folder / "swin_simmim.pt", arch="swin:mtwork_swinv2_tiny")
+    return folder / "swin_simmim.pt"
+
+
+def mtwork_command() -> List[str]:
+    """How tests start a real `mtwork` process: the venv's console script (it imports mtwork from
+    PYTHONPATH first, so a checkout under test runs its own code)."""
+    script = VENV_BIN / "mtwork"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "mtwork.cli"]

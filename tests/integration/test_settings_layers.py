@@ -38,9 +38,13 @@ def test_config_numbers_in_every_notation_reach_every_command(workflow_dir: Path
     text = params.read_text()
     # params.yaml in exponent notation: strings to Snakemake's YAML 1.1, the same numbers to mtwork, so
     # these lines must not turn into overrides
-    assert text.count("  warmup_epochs: 0.5\n") == 2 and "  lr: 0.001\n" in text
-    params.write_text(text.replace("  warmup_epochs: 0.5\n", "  warmup_epochs: 5e-1\n")
-                      .replace("  lr: 0.001\n", "  lr: 1e-3\n", 1))
+    import re
+
+    # every `warmup_epochs: 0.5` value line (train and vit blocks; a comment may follow) and vit's lr
+    text, n_warmup = re.subn(r"^(  warmup_epochs: )0\.5\b", r"\g<1>5e-1", text, flags=re.M)
+    text, n_lr = re.subn(r"^(  lr: )0\.001\b", r"\g<1>1e-3", text, count=1, flags=re.M)
+    assert n_warmup == 2 and n_lr == 1
+    params.write_text(text)
     jobs = wt.dry_run(workflow_dir, "results/tables", "--config",
                       "train__lr=1e-4",            # top level: Snakemake parses it as a float
                       "vit={lr: 3E-4}",            # nested: Snakemake keeps the string "3E-4"

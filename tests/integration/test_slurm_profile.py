@@ -166,16 +166,17 @@ def test_profile_runs_the_real_data_rules_with_overrides(slurm_cluster, tmp_path
     jobs inside Slurm (a fresh snakemake per job) must see too."""
     wf = tmp_path / "wf"
     wf.mkdir()
-    for name in ("Snakefile", "rules", "envs", "params.yaml"):
+    for name in ("Snakefile", "rules", "envs", "params.yaml", "profiles"):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, wf / name)
     out = _snakemake_slurm(
-        wf, "data/checks/clear_day.json",
+        wf, "data/checks/synthdrive.json",
         "--config",
         "data__synthdrive__counts={det: {train: 6, val: 2}, seg: {train: 4, val: 2}}",
         "data__synthdrive__image_size=[64, 112]",
     )
-    assert (wf / "data" / "checks" / "clear_day.json").exists()
-    train_images = list((wf / "data" / "synthdrive" / "clear_day" / "images" / "100k" / "train").iterdir())
-    assert len(train_images) == 6, "the job inside Slurm did not see the --config overrides"
+    assert (wf / "data" / "checks" / "synthdrive.json").exists()
+    train_images = list((wf / "data" / "synthdrive" / "images" / "100k" / "train").iterdir())
+    # 6 per visual preset (data.synthdrive.domains): 18 for the default three
+    assert len(train_images) == 6 * 3, "the job inside Slurm did not see the --config overrides"
     assert len(_submitted(out, "generate_synthdrive")) == 1 and len(_submitted(out, "check_data")) == 1

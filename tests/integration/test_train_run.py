@@ -1,4 +1,4 @@
-"""The training loop end to end on a tiny SynthDrive: stages, frozen backbone, resume, evaluation."""
+"""Source 1 end to end on a tiny SynthDrive: stages, frozen backbone, resume from a damaged epoch file, evaluation."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtwork.checkpoints.importer import import_checkpoint
 from mtwork.config import load_params
 from mtwork.evaluate import evaluate_run
 from mtwork.train import train_run
@@ -31,13 +30,6 @@ def tiny_params():
             "evaluate.batch_size=4",
         ],
     )
-
-
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pretrained") / "random.pt"
-    import_checkpoint("random", None, out, arch="resnet18", seed=0)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -79,16 +71,30 @@ def test_log_records_stages_and_cheaper_trainable_set(trained):
     assert all(e["loss"] > 0 for e in on_disk["epochs"])
 
 
-def test_resume_continues_after_the_last_epoch(trained, tmp_path, synthdrive_tiny, tiny_params, pretrained, capsys):
-    out, log = trained
+def test_resume_skips_a_damaged_epoch_file_and_reaches_the_same_weights(trained, tmp_path, synthdrive_tiny, tiny_params,
+                                                                         pretrained, capsys):
+    """A truncated newest epoch file (a job killed while the filesystem lost the tail) is named in the
+    job's log, resume takes the one before, and the retrained epoch ends on bitwise the weights of the
+    uninterrupted run (same process, same threads: every RNG state and the data order come back)."""
+    out, _ = trained
     copy = tmp_path / RUN
     shutil.copytree(out, copy)
-    (copy / "final.pt").unlink()
-    (copy / "epoch_002.pt").unlink()  # as if the job died during epoch 2
+    for name in ("final.pt", "log.json", "adapt.pt"):
+        (copy / name).unlink()
+    newest = copy / "epoch_002.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
     resumed = train_run(tiny_params, RUN, synthdrive_tiny, pretrained, copy)
-    assert "resuming after epoch 1" in capsys.readouterr().out
-    assert resumed["epochs"][0] == log["epochs"][0]  # epoch 1 not retrained
-    assert len(resumed["epochs"]) == 2
+    printed = capsys.readouterr().out
+    assert "epoch_002.pt is damaged" in printed and "resuming after epoch 1 from epoch_001.pt" in printed
+    assert resumed["resumed"] == {"from": "epoch_001.pt", "epochs_done": 1, "damaged": ["epoch_002.pt"]}
+    assert [e["epoch"] for e in resumed["epochs"]] == [1, 2]
+    expected = torch.load(out / "final.pt", weights_only=False)["state_dict"]
+    got = torch.load(copy / "final.pt", weights_only=False)["state_dict"]
+    assert set(got) == set(expected)
+    assert all(torch.equal(got[k], expected[k]) for k in expected), [k for k in expected if not torch.equal(got[k], expected[k])][:5]
+    # the epoch file rewritten by the resumed run holds the same state as the original one
+    again = torch.load(copy / "epoch_002.pt", weights_only=False)
+    assert again["step"] == torch.load(out / "epoch_002.pt", weights_only=False)["step"]
 
 
 def test_evaluate_writes_metrics_for_every_task(trained, synthdrive_tiny, tiny_params, tmp_path):

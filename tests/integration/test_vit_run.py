@@ -24,17 +24,6 @@ def vit_params():
                                 "train.threads=1", "evaluate.batch_size=4"])
 
 
-@pytest.fixture(scope="module")
-def swin_checkpoint(tmp_path_factory):
-    """A timm-layout Swin-V2 file (what the SimMIM run writes) imported through the converter."""
-    folder = tmp_path_factory.mktemp("swin")
-    torch.manual_seed(0)
-    torch.save({"state_dict": create_swinv2("mtwork_swinv2_tiny", (64, 96)).state_dict(), "arch": "swin:mtwork_swinv2_tiny",
-                "pretrain": {"method": "simmim"}}, folder / "swin_simmim.pth.tar")
-    import_checkpoint("simmim", folder / "swin_simmim.pth.tar", folder / "swin_simmim.pt", arch="swin:mtwork_swinv2_tiny")
-    return folder / "swin_simmim.pt"
-
-
 @pytest.mark.parametrize("paradigm", ["vtagml", "vtagml_uncertainty", "full_finetune"])
 def test_vit_run_trains_saves_only_what_it_trained_and_evaluates(paradigm, vit_params, swin_checkpoint, synthdrive_tiny, tmp_path):
     run = f"swin_simmim__{paradigm}__{TASKS}__s0"

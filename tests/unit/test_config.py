@@ -198,13 +198,25 @@ def test_numbers_in_every_notation_are_floats(text, tmp_path):
     value = yaml_load(text)
     assert isinstance(value, float) and value == want
     assert parse_override(f"train.lr={text}") == {"train": {"lr": want}}
-    assert load_params(PARAMS, [f"train.weight_decay={text}"])["train"]["weight_decay"] == want
+    if want < 0:  # read as a number, then refused by the range check (which names the key and value)
+        with pytest.raises(ParamsError, match=r"'train.weight_decay' must be >= 0, got -0.002"):
+            load_params(PARAMS, [f"train.weight_decay={text}"])
+    else:
+        assert load_params(PARAMS, [f"train.weight_decay={text}"])["train"]["weight_decay"] == want
     # in a params file, at both levels of the paper switch
+    import re
+
     path = tmp_path / "params.yaml"
-    path.write_text(PARAMS.read_text().replace("  lr: 0.002\n", f"  lr: {text}\n", 1)
-                    .replace("    lr: 0.0002\n", f"    lr: {text}\n", 1))
+    text_file = PARAMS.read_text()
+    # the train block's and the paper block's lr lines, written as a user would (comments kept)
+    train_lr = re.compile(r"^(train:\n(?:(?:  .*)?\n)*?  lr: )[^ #\n]+", re.M)
+    paper_lr = re.compile(r"^(paper:\n(?:(?:  .*)?\n)*?  train:\n(?:(?:    .*)?\n)*?    lr: )[^ #\n]+", re.M)
+    text_file, n_train = train_lr.subn(lambda m: m.group(1) + text, text_file, count=1)
+    text_file, n_paper = paper_lr.subn(lambda m: m.group(1) + text, text_file, count=1)
+    assert n_train == n_paper == 1, "params.yaml has no train.lr / paper.train.lr line"
+    path.write_text(text_file)
     assert read_params_file(path)["train"]["lr"] == want and read_params_file(path)["paper"]["train"]["lr"] == want
-    assert load_params(path)["train"]["lr"] == want
+    assert merge_layers(read_params_file(path))["train"]["lr"] == want
     assert merge_layers(read_params_file(path), ["scale=paper"])["train"]["lr"] == want
 
 
@@ -290,3 +302,30 @@ def test_dvc_experiment_values_win_over_the_paper_block(tmp_path, monkeypatch):
     monkeypatch.setenv(DVC_EXP_BASELINE_ENV, "0" * 40)  # a baseline git does not know: a clear error
     with pytest.raises(ParamsError, match="baseline"):
         experiment_overrides(params)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epochs=0", "'train.epochs' must be >= 1, got 0"),
+        ("train.batch_size=0", "'train.batch_size' must be >= 1"),
+        ("train.lr=0", "'train.lr' must be > 0, got 0"),
+        ("train.lr=-0.1", "'train.lr' must be > 0"),
+        ("train.weight_decay=-1", "'train.weight_decay' must be >= 0"),
+        ("train.warmup_epochs=-0.5", "'train.warmup_epochs' must be >= 0"),
+        ("train.workers=-1", "'train.workers' must be >= 0"),
+        ("train.threads=0", "'train.threads' must be >= 1"),
+        ("train.accum_steps=0", "'train.accum_steps' must be >= 1"),
+        ("train.accum_steps=16", "'train.accum_steps' \\(16\\) cannot exceed train.batch_size"),
+        ("train.loss_weights.det=-1", "'train.loss_weights.det' must be >= 0"),
+        ("vit.epochs=0", "'vit.epochs' must be >= 1"),
+        ("vit.lr=.nan", "'vit.lr' must be > 0, got nan"),
+        ("vit.troa.every=0", "'vit.troa.every' must be >= 1"),
+        ("evaluate.batch_size=0", "'evaluate.batch_size' must be >= 1"),
+        ("data.synthdrive.overlap=1.5", "'data.synthdrive.overlap' must be in \\[0, 1\\]"),
+        ("train.amp=true", "'train.amp' must be one of \\['auto', 'none', 'bf16', 'fp16'\\]"),
+    ],
+)
+def test_numeric_settings_are_range_checked(override, message):
+    with pytest.raises(ParamsError, match=message):
+        load_params(PARAMS, [override])

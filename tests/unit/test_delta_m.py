@@ -8,7 +8,7 @@ from mtwork.evaluate import delta_m
 from mtwork.report.layout import build_table
 from mtwork.report.records import summarize
 from mtwork.report.tables import mtl_spec, source1_frame
-from mtwork.train import lr_factor
+from mtwork.engine.optim import lr_factor
 
 TASKS = ["semseg", "drivable", "det"]
 

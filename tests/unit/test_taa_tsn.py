@@ -59,8 +59,12 @@ def test_taa_at_init_is_timm_attention(window, heads, shifted):
     # zero offsets: logits equal timm's exactly (same scaling: no 1/sqrt(d), clamped logit scale)
     assert torch.equal(taa.logits(x, e, mask), ref_logits)
     assert torch.equal(taa.logits(x, None, mask), ref_logits)
-    assert torch.allclose(taa(x, e, mask), ref_out, atol=1e-6)
-    assert torch.allclose(taa(x, torch.randn(2, D), mask), ref_out, atol=1e-6)  # one embedding per image
+    # The logits are bitwise timm's; softmax @ v and the output projection then run as separate calls
+    # whose matmul shapes (so CPU kernel blocking and summation order) may differ from timm's: outputs
+    # are sums of <= 24 products of O(1) terms, a few ulp of O(1) apart on AVX2, more on AVX-512
+    # kernels; 1e-5 (~80 ulp at 1) bounds that without hiding a wrong term (which shifts by >= 1e-2).
+    assert torch.allclose(taa(x, e, mask), ref_out, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(taa(x, torch.randn(2, D), mask), ref_out, rtol=1e-5, atol=1e-5)  # one embedding per image
 
 
 def test_taa_shares_pretrained_modules():
@@ -85,6 +89,8 @@ def test_taa_bias_added_after_logit_scale():
     x = torch.randn(4, 16, 24)
     ref_logits, _ = _timm_logits(attn, x)
     diff = taa.logits(x, torch.randn(D)) - ref_logits
+    # the two logits share their bits up to adding A to values of |.| <= 50, whose ulp is 3.8e-6:
+    # (s + A) - s is A within ~1 ulp(50), on any CPU (no reduction differs)
     assert torch.allclose(diff, taa.A.detach().expand_as(diff), atol=1e-5)
     # and the mask is still added after it (masked pairs stay at about -100 relative)
     mask = _shift_mask((4, 4), (8, 12))
@@ -108,8 +114,13 @@ def test_taa_film_modulation():
     x = torch.randn(2 * 3, 16, 24)
     e2 = torch.randn(2, D)
     both = taa(x, e2)
-    assert torch.allclose(both[:3], taa(x[:3], e2[0]), atol=1e-6)
-    assert torch.allclose(both[3:], taa(x[3:], e2[1]), atol=1e-6)
+    # batched and per-image calls multiply matrices of other shapes (the FiLM Linear on (2, D) vs (D,),
+    # attention over 6 vs 3 windows), which x86 kernels block differently (AVX-512 differently from
+    # AVX2): the same sums in another order. Outputs are O(1) sums of <= 24 products, so a few ulp
+    # each way; rtol/atol 1e-5 (~80 ulp at 1) holds on any kernel path, and a task mix-up moves
+    # outputs by ~1e-1 (the "different tasks" check below).
+    assert torch.allclose(both[:3], taa(x[:3], e2[0]), rtol=1e-5, atol=1e-5)
+    assert torch.allclose(both[3:], taa(x[3:], e2[1]), rtol=1e-5, atol=1e-5)
     # different tasks, different attention
     assert not torch.allclose(taa(x, e2[0]), taa(x, e2[1]))
 
@@ -133,8 +144,11 @@ def test_tsn_at_init_is_layernorm():
     tsn = TaskScaledNorm(ln, D)
     x = torch.randn(3, 5, 7, 10)
     assert torch.equal(tsn(x), ln(x))
-    assert torch.allclose(tsn(x, torch.randn(D)), ln(x), atol=1e-6)
-    assert torch.allclose(tsn(x, torch.randn(3, D)), ln(x), atol=1e-6)
+    # with an embedding TSN applies the (zero) FiLM terms as separate ops after the normalisation,
+    # instead of LayerNorm's fused affine: a rounding or two of O(1) outputs (a few ulp); 1e-5 leaves
+    # room for any kernel path
+    assert torch.allclose(tsn(x, torch.randn(D)), ln(x), rtol=1e-5, atol=1e-5)
+    assert torch.allclose(tsn(x, torch.randn(3, D)), ln(x), rtol=1e-5, atol=1e-5)
     assert tsn.norm.weight is ln.weight  # shared, not copied
 
 
@@ -150,7 +164,9 @@ def test_tsn_film_formula_and_grads():
     y = tsn(x, e)
     normed = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + ln.eps)
     g, b = tsn.gamma(e)[:, None], tsn.beta(e)[:, None]
-    assert torch.allclose(y, normed * (ln.weight * (1 + g)) + (ln.bias + b), atol=1e-5)
-    assert torch.allclose(y[1], tsn(x[1:2], e[1])[0], atol=1e-6)
+    # the hand formula reduces mean and variance with other kernels than LayerNorm's: O(1) outputs a
+    # few ulp apart; batched vs single embedding: the FiLM Linear on (3, D) vs (1, D) (other blocking)
+    assert torch.allclose(y, normed * (ln.weight * (1 + g)) + (ln.bias + b), rtol=1e-5, atol=1e-5)
+    assert torch.allclose(y[1], tsn(x[1:2], e[1])[0], rtol=1e-5, atol=1e-5)
     y.sum().backward()
     assert ln.weight.grad is None and tsn.gamma.weight.grad is not None
