@@ -107,21 +107,30 @@ def evaluate_run(
 def _evaluate_on(params, run_dir: Path, model, ckpt, device, protocol: str, domain: str,
                  data_root: str | Path, out: str | Path) -> Dict[str, Any]:
     from mtwork.data.batch import collate
-    from mtwork.data.bdd100k import DatasetError
+    from mtwork.data.bdd100k import DatasetError, EmptyDomainError
     from mtwork.data.registry import open_domain
     from mtwork.data.transforms import EvalTransform
     from mtwork.tasks import TASKS
 
     config = ckpt["model_config"]
     tasks = {t: TASKS.create(t, **config["task_kwargs"].get(t, {})) for t in config["tasks"]}
-    dataset = open_domain(params, domain, "val", tuple(tasks), EvalTransform(tuple(params["train"]["input_size"])), root=data_root)
-    if len(dataset) == 0:
-        raise DatasetError(f"{data_root}: the val split has no images labeled for {', '.join(tasks)}")
-    loader = eval_loader(dataset, params["evaluate"]["batch_size"], collate, params["train"]["workers"], device)
     t0 = time.perf_counter()
     evaluators = {t: task.evaluator() for t, task in tasks.items()}
-    metrics = run_evaluators(tasks, loader, model, device, params["train"]["amp"],
-                             desc=f"evaluate {run_dir.name} on {domain}", evaluators=evaluators)
+    unscored = None
+    try:
+        dataset = open_domain(params, domain, "val", tuple(tasks), EvalTransform(tuple(params["train"]["input_size"])),
+                              root=data_root)
+    except EmptyDomainError as err:
+        # a domain without val labels of the run's tasks (e.g. no rainy image with a segmentation mask):
+        # its metrics are undefined (null), and the record says why; the tables show them as missing
+        dataset, unscored = None, str(err)
+        metrics = {t: {m.name: float("nan") for m in task.metrics} for t, task in tasks.items()}
+    if dataset is not None:
+        if len(dataset) == 0:
+            raise DatasetError(f"{data_root}: the val split has no images labeled for {', '.join(tasks)}")
+        loader = eval_loader(dataset, params["evaluate"]["batch_size"], collate, params["train"]["workers"], device)
+        metrics = run_evaluators(tasks, loader, model, device, params["train"]["amp"],
+                                 desc=f"evaluate {run_dir.name} on {domain}", evaluators=evaluators)
     log_path = run_dir / "log.json"
     log = _read_json(log_path) if log_path.is_file() else {}
     record = {
@@ -143,12 +152,14 @@ def _evaluate_on(params, run_dir: Path, model, ckpt, device, protocol: str, doma
             "trainable_params": log.get("trainable_params"),
             "total_params": log.get("total_params"),
         },
-        "val_images": dataset.labeled_counts(),
+        "val_images": dataset.labeled_counts() if dataset is not None else {t: 0 for t in tasks},
         "eval_seconds": time.perf_counter() - t0,
     }
+    if unscored:
+        record["unscored"] = unscored
     write_json(out, record)
     for t, evaluator in evaluators.items():
-        if hasattr(evaluator, "scalabel_frames"):
+        if dataset is not None and hasattr(evaluator, "scalabel_frames"):
             with atomic_path(predictions_path(out, t)) as tmp:  # compact: one val split holds ~1e6 boxes
                 tmp.write_text(json.dumps(evaluator.scalabel_frames(), separators=(",", ":")) + "\n")
     summary = "; ".join(f"{t}: " + ", ".join(f"{k} {v:.2f}" for k, v in m.items() if isinstance(v, float) and "/" not in k) for t, m in metrics.items())

@@ -263,6 +263,11 @@ class DatasetError(ValueError):
     """Bad data on disk; the message names the file (and key or value) at fault."""
 
 
+class EmptyDomainError(DatasetError):
+    """No image of the split carries a requested label and matches the attribute filter: a domain that
+    has no labels of a task (training cannot use it; evaluation reports the task as unscored)."""
+
+
 class DetBox(NamedTuple):
     """One box of a det frame: class index 0..9 and pixel-edge coordinates (x2 = Scalabel x2 + 1).
 
@@ -852,7 +857,7 @@ class BDD100KDataset(torch.utils.data.Dataset):
         self._entries = kept
         if not kept:
             wanted = {k: sorted(v) for k, v in self.attribute_filter.items()}
-            raise DatasetError(
+            raise EmptyDomainError(
                 f"{self.root} ({self.split}): no image with a {'/'.join(self.tasks)} label matches the attributes "
                 f"{wanted} ({self.filter_counts['other_attributes']} with other values, "
                 f"{self.filter_counts['unattributed']} without known attributes)"

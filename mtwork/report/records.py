@@ -211,6 +211,12 @@ def study_frame(
             except KeyError as exc:
                 raise ValueError(f"{_where(rec)}: higher_is_better has no entry {exc} for a primary metric") from None
             baselines = {t: singles[(base_key, t, seed)]["metrics"][t] for t in task_set}
+            unscored = [t for t in task_set
+                        if rec["metrics"][t].get(primary[t]) is None or baselines[t].get(primary[t]) is None]
+            if unscored:  # a domain without labels of a task: its score, and so Δm, is undefined
+                emit(key, seed, rec["run"], DELTA_M, float("nan"),
+                     f"no {', '.join(unscored)} score on this domain for seed {seed}")
+                continue
             try:
                 value = delta_m({t: rec["metrics"][t] for t in task_set}, baselines, directions, primary)
                 emit(key, seed, rec["run"], DELTA_M, value)
