@@ -15,8 +15,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import List, Sequence
+
+from mtwork.errors import UserError
 
 
 def _add_params(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +73,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     params = _params(args)
     catalog = params["checkpoints"]["catalog"]
     if args.source not in catalog:
-        raise KeyError(f"checkpoint source '{args.source}' is not in checkpoints.catalog of {args.params}")
+        raise UserError(f"checkpoint source '{args.source}' is not in checkpoints.catalog of {args.params}")
     entry = catalog[args.source]
     shared = params["checkpoints"]["pretrain"]
     if entry["format"] == "open_clip" and "pretrain" in entry:
@@ -81,7 +84,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         train_tiny_clip(args.data, args.out, seed=args.seed, num_threads=args.threads, progress=True, **settings)
         return 0
     if entry["format"] not in PRETRAINERS or "pretrain" not in entry:
-        raise ValueError(
+        raise UserError(
             f"checkpoint source '{args.source}' (format '{entry['format']}') has no embedded pretraining "
             f"(formats with one: {', '.join(PRETRAINERS.names())}; the entry needs a `pretrain` block)"
         )
@@ -89,7 +92,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     accepted = inspect.signature(pretrain).parameters
     for key in entry["pretrain"]:
         if key not in accepted or key in ("image_dirs", "out", "arch", "seed", "num_threads", "progress"):
-            raise KeyError(f"'checkpoints.catalog.{args.source}.pretrain.{key}' is not a setting of the {entry['format']} pretraining")
+            raise UserError(f"'checkpoints.catalog.{args.source}.pretrain.{key}' is not a setting of the {entry['format']} pretraining")
     image_dirs = [args.data / "images" / "100k" / "train", args.data / "images" / "10k" / "train"]
     # the entry's own settings win over the shared ones (e.g. a longer schedule for one method)
     settings = {"epochs": shared["epochs"], "batch_size": shared["batch_size"], "crop": shared["crop"], **entry["pretrain"]}
@@ -114,7 +117,7 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> int:
 
         params = _params(args)
         if args.source not in params["checkpoints"]["catalog"]:
-            raise KeyError(f"checkpoint source '{args.source}' is not in checkpoints.catalog of {args.params}")
+            raise UserError(f"checkpoint source '{args.source}' is not in checkpoints.catalog of {args.params}")
         fmt = params["checkpoints"]["catalog"][args.source]["format"]
         src, arch, out = upstream_checkpoint_path(params, args.source), source_arch(params, args.source), Path(args.src)
     else:
@@ -138,7 +141,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mtwork.plan import is_vit_run, parse_run_id
 
     params = _params(args)
-    if is_vit_run(params, parse_run_id(args.run)):  # source 2: a Swin-V2 source
+    try:
+        run = parse_run_id(args.run)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if is_vit_run(params, run):  # source 2: a Swin-V2 source
         from mtwork.train_vit import train_vit_run
 
         train_vit_run(params, args.run, data_root=args.data, checkpoint=args.checkpoint, out_dir=args.out)
@@ -157,7 +164,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     params = _params(args)
     if len(args.dg_domain) != len(args.dg_data):
-        raise ValueError("give --dg-domain and --dg-data once per domain-generalization domain "
+        raise UserError("give --dg-domain and --dg-data once per domain-generalization domain "
                          f"(got {len(args.dg_domain)} and {len(args.dg_data)})")
     for i, run_dir in enumerate(args.run_dir, 1):
         run_id = Path(run_dir).name
@@ -166,7 +173,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             from mtwork.train_vit import evaluate_vit_run
 
             if args.protocol != "mtl":
-                raise ValueError(f"source 2's runs are evaluated with protocol mtl only, not '{args.protocol}'")
+                raise UserError(f"source 2's runs are evaluated with protocol mtl only, not '{args.protocol}'")
             evaluate_vit_run(params, run_dir, data_root=args.data, out=vit_metrics_path(run_id, args.metrics_dir))
             continue
         from mtwork.evaluate import evaluate_run
@@ -186,13 +193,14 @@ def cmd_tables(args: argparse.Namespace) -> int:
         from mtwork.report.vit_tables import write_vit_tables
 
         if args.vit_runs is None:
-            raise ValueError("vit.enabled is true: pass --vit-runs (the folder of source 2's runs, e.g. models/vit)")
+            raise UserError("vit.enabled is true: pass --vit-runs (the folder of source 2's runs, e.g. models/vit)")
         write_vit_tables(params, Path(args.metrics) / "vit", args.vit_runs, args.out, args.figures)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtwork", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="print the full traceback of every error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("generate", help="write a SynthDrive domain in the BDD100K layout")
@@ -246,7 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=60.0)
     p.set_defaults(func=cmd_download_checkpoint)
 
-    p = sub.add_parser("train", help="train one run (adapt and/or finetune stages)")
+    p = sub.add_parser(
+        "train", help="train one run (adapt and/or finetune stages)",
+        description="Train one run into --out; a run whose directory holds epoch checkpoints resumes after the "
+        "last good one (docs/training.md).")
     _add_params(p)
     p.add_argument("--run", required=True, help="run id SOURCE__PARADIGM__TASKS__sSEED")
     p.add_argument("--data", required=True, type=Path)
@@ -275,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=Path("results/tables"), type=Path)
     p.add_argument("--figures", default=Path("results/figures"), type=Path)
     p.set_defaults(func=cmd_tables)
+    for name, command in sub.choices.items():  # `mtwork train ... --debug` as well as `mtwork --debug train ...`
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="print the full traceback of every error")
     return parser
 
 
@@ -284,15 +297,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         # redraw every 20 s instead. tqdm reads TQDM_* variables when it is first imported.
         os.environ.setdefault("TQDM_MININTERVAL", "20")
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    from mtwork.config import ParamsError
-
+    args.argv = argv
+    args.debug = args.debug or os.environ.get("MTWORK_DEBUG", "") not in ("", "0")
     try:
         return int(args.func(args) or 0)
-    except (ParamsError, FileNotFoundError, ValueError, KeyError, OSError, RuntimeError) as exc:
-        # Expected user errors: one clear line, no traceback.
-        print(f"mtwork {args.command}: error: {exc}", file=sys.stderr)
+    except (UserError, FileNotFoundError) as exc:
+        # Expected errors (bad params, data, files, run ids): one clear line, no traceback; the
+        # message names the key or file. --debug (or MTWORK_DEBUG=1) shows the traceback too.
+        if args.debug:
+            traceback.print_exc()
+        print(f"mtwork {args.command}: error{_rank_label()}: {exc}", file=sys.stderr)
         return 2
+    except Exception:
+        # Anything else is a bug or an environment failure (CUDA out of memory, a crashed worker):
+        # the full traceback stays in the job's log, and the last line says what happened.
+        traceback.print_exc()
+        print(f"mtwork {args.command}: unexpected error{_rank_label()} (traceback above)", file=sys.stderr)
+        return 1
+
+
+def _rank_label() -> str:
+    """" (rank R)" in a process of a data-parallel run, so the lines of N processes can be told apart."""
+    rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+    return f" (rank {rank} of {world})" if rank is not None and world not in (None, "1") else ""
 
 
 if __name__ == "__main__":

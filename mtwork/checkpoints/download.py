@@ -26,12 +26,13 @@ from tqdm import tqdm
 
 import mtwork
 from mtwork.checkpoints.catalog import get_source
+from mtwork.errors import UserError
 
 CHUNK = 1 << 20  # bytes per read: large enough for speed, small enough for a smooth progress bar
 _HEX = re.compile(r"[0-9a-f]+")
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """A download or a checksum check failed; nothing was written at ``dest``.
 
     ``expected`` and ``actual`` are ``{"sha256": hex, "md5": hex}`` (the expected values may be

@@ -23,6 +23,7 @@ import torch
 
 import mtwork
 from mtwork.checkpoints.formats import CHECKPOINT_FORMATS, CheckpointFormatError
+from mtwork.errors import UserError
 from mtwork.io import atomic_path, sha256_file
 from mtwork.models.backbones import BackboneLoadError, create_backbone, create_features_model, expected_state
 
@@ -36,7 +37,7 @@ SAFE_GLOBALS = (argparse.Namespace,)
 FILLABLE_SUFFIX = ".num_batches_tracked"
 
 
-class CheckpointImportError(ValueError):
+class CheckpointImportError(UserError, ValueError):
     """An upstream checkpoint cannot be imported as the requested backbone; nothing was written.
 
     ``report`` holds the comparison (missing/unexpected/mismatched keys) when one was made.
