@@ -145,6 +145,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         run = parse_run_id(args.run)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    if args.nproc < 1:
+        raise UserError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc > 1:  # N processes of one data-parallel run, through torch's elastic launcher
+        from mtwork.engine.launch import launch, strip_nproc
+
+        return launch(args.nproc, strip_nproc(args.argv), debug=args.debug)
     if is_vit_run(params, run):  # source 2: a Swin-V2 source
         from mtwork.train_vit import train_vit_run
 
@@ -257,12 +263,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train", help="train one run (adapt and/or finetune stages)",
         description="Train one run into --out; a run whose directory holds epoch checkpoints resumes after the "
-        "last good one (docs/training.md).")
+        "last good one. --nproc N trains with N data-parallel processes on this machine (one per GPU; gloo on "
+        "CPU); processes started by torchrun or srun are recognised from their environment (docs/training.md).")
     _add_params(p)
     p.add_argument("--run", required=True, help="run id SOURCE__PARADIGM__TASKS__sSEED")
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--checkpoint", required=True, type=Path, help="converted backbone file")
     p.add_argument("--out", required=True, type=Path, help="run directory")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel processes on this node (default 1; train.batch_size stays the global batch)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate trained runs on a domain's val split")
