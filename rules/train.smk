@@ -1,6 +1,8 @@
 # Training: one job per run id (SOURCE__PARADIGM__TASK-TASK__sSEED, parsed with plan.parse_run_id).
 # `mtwork train` also writes epoch checkpoints and adapt.pt into the run directory; final.pt and
-# log.json are the declared outputs.
+# log.json are the declared outputs. A rerun of a failed or timed-out job (profile `retries:`)
+# resumes after the last epoch checkpoint. Resource `nproc` (default 1; a profile's set-resources
+# raises it, e.g. with gpu=4 nproc=4) runs the job as that many data-parallel processes.
 
 
 rule train:
@@ -18,11 +20,13 @@ rule train:
         args=MTWORK_ARGS,
         settings=rule_params("train"),
         out_dir=lambda wildcards: str(plan.run_dir(wildcards.run)),
+        nproc=nproc_args,
     threads: TRAIN_THREADS
     resources:
         gpu=GPUS,
+        nproc=1,
     conda:
         CONDA_ENV
     shell:
         "mtwork train {params.args} --run {wildcards.run} --data {input.data:q} --checkpoint {input.checkpoint:q}"
-        " --out {params.out_dir:q} > {log:q} 2>&1"
+        " --out {params.out_dir:q}{params.nproc} > {log:q} 2>&1"

@@ -17,14 +17,16 @@ rule train_vit:
         args=MTWORK_ARGS,
         settings=rule_params("train_vit"),
         out_dir=lambda wildcards: str(plan.vit_run_dir(wildcards.run)),
+        nproc=nproc_args,
     threads: TRAIN_THREADS
     resources:
         gpu=GPUS,
+        nproc=1,
     conda:
         CONDA_ENV
     shell:
         "mtwork train {params.args} --run {wildcards.run} --data {input.data:q} --checkpoint {input.checkpoint:q}"
-        " --out {params.out_dir:q} > {log:q} 2>&1"
+        " --out {params.out_dir:q}{params.nproc} > {log:q} 2>&1"
 
 
 # One job evaluates all of source 2's runs (one process: the start-up is paid once, see evaluate.smk).
