@@ -72,7 +72,7 @@ def launch(nproc: int, argv: Sequence[str], debug: bool = False) -> int:
         elastic_launch(config, run_worker)(list(argv))
     except ChildFailedError as exc:
         rank, failure = sorted(exc.failures.items())[0]
-        print(f"mtwork {argv[0] if argv else ''}: error: training process {rank} of {nproc} exited with status "
+        print(f"mtwork train: error: training process {rank} of {nproc} exited with status "
               f"{failure.exitcode} (its message is above); the other processes were stopped", file=sys.stderr)
         return failure.exitcode if 0 < failure.exitcode < 256 else 1
     return 0

@@ -85,3 +85,24 @@ def test_two_processes_reach_the_weights_of_one_at_the_same_global_batch(line, s
     assert far <= max(3, total // 10_000), f"{far} of {total} weights differ by more than 2e-5"
     if line == "source2":  # TROA decided the same from the all-reduced per-task gradients
         assert two["balancer_state"]["weights"] == pytest.approx(one["balancer_state"]["weights"], rel=1e-4)
+
+
+def test_a_non_finite_loss_stops_every_process_at_the_same_step(synthdrive_tiny, pretrained, tmp_path, wt):
+    """A failing data-parallel run: the guard checks the all-reduced losses, so the processes stop at
+    the same step; each that gets to report prints its one line naming it, the launcher adds one
+    summary line, the exit status is 2 and nothing final is written."""
+    run = "random__pretrain_adapt_finetune__semseg-drivable-det__s0"
+    sets = ["train.epochs=2", "train.adapt_epochs=1", "train.batch_size=2", "train.input_size=[64, 96]",
+            "train.lr=1.0e+30", "train.threads=1", "train.device=cpu"]
+    cmd = [*wt.mtwork_command(), "train", "--nproc", "2", "--params", str(PARAMS), *[a for o in sets for a in ("--set", o)],
+           "--run", run, "--data", str(synthdrive_tiny), "--checkpoint", str(pretrained), "--out", str(tmp_path / run)]
+    env = {**wt.tool_env(), "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if "non-finite loss" in line]
+    # the launcher stops the other process once one has exited: it may not get to print its line
+    assert 1 <= len(lines) <= 2 and all(line.startswith("mtwork train: error (rank ") for line in lines)
+    assert len({line.split(" in '")[1] for line in lines}) == 1  # the same task, epoch and step
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.rstrip().splitlines()[-1].startswith("mtwork train: error: training process")
+    assert not (tmp_path / run / "final.pt").exists()
