@@ -20,8 +20,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import List, Sequence
+
+from mtwork.errors import UserError
 
 
 def _add_params(parser: argparse.ArgumentParser) -> None:
@@ -89,10 +92,10 @@ def _domain_train_images(params, args: argparse.Namespace):
 
     name = args.domain or params["data"]["source_domain"]
     if name not in params["data"]["domains"]:
-        raise KeyError(f"domain '{name}' is not in data.domains (known: {', '.join(params['data']['domains'])})")
+        raise UserError(f"domain '{name}' is not in data.domains (known: {', '.join(params['data']['domains'])})")
     spec = domain(params, name)
     if spec.format != "bdd100k":
-        raise ValueError(f"embedded pretraining reads BDD100K-format images; domain '{name}' is {spec.format}")
+        raise UserError(f"embedded pretraining reads BDD100K-format images; domain '{name}' is {spec.format}")
     return domain_images(args.data, "train", spec.attributes)
 
 
@@ -105,7 +108,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     params = _params(args)
     catalog = params["checkpoints"]["catalog"]
     if args.source not in catalog:
-        raise KeyError(f"checkpoint source '{args.source}' is not in checkpoints.catalog of {args.params}")
+        raise UserError(f"checkpoint source '{args.source}' is not in checkpoints.catalog of {args.params}")
     entry = catalog[args.source]
     shared = params["checkpoints"]["pretrain"]
     if entry["format"] == "open_clip" and "pretrain" in entry:
@@ -118,7 +121,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
                         image_names=names, **settings)
         return 0
     if entry["format"] not in PRETRAINERS or "pretrain" not in entry:
-        raise ValueError(
+        raise UserError(
             f"checkpoint source '{args.source}' (format '{entry['format']}') has no embedded pretraining "
             f"(formats with one: {', '.join(PRETRAINERS.names())}; the entry needs a `pretrain` block)"
         )
@@ -126,7 +129,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     accepted = inspect.signature(pretrain).parameters
     for key in entry["pretrain"]:
         if key not in accepted or key in ("image_dirs", "out", "arch", "seed", "num_threads", "progress"):
-            raise KeyError(f"'checkpoints.catalog.{args.source}.pretrain.{key}' is not a setting of the {entry['format']} pretraining")
+            raise UserError(f"'checkpoints.catalog.{args.source}.pretrain.{key}' is not a setting of the {entry['format']} pretraining")
     images = _domain_train_images(params, args)
     # the entry's own settings win over the shared ones (e.g. a longer schedule for one method)
     settings = {"epochs": shared["epochs"], "batch_size": shared["batch_size"], "crop": shared["crop"], **entry["pretrain"]}
@@ -152,7 +155,7 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> int:
 
         params = _params(args)
         if args.source not in params["checkpoints"]["catalog"]:
-            raise KeyError(f"checkpoint source '{args.source}' is not in checkpoints.catalog of {args.params}")
+            raise UserError(f"checkpoint source '{args.source}' is not in checkpoints.catalog of {args.params}")
         if args.arch is not None:
             raise SystemExit("mtwork import-checkpoint: --arch is for the --format form; with --source the "
                              "architecture is the catalog entry's `arch` or model.backbone")
@@ -190,7 +193,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mtwork.plan import is_vit_run, parse_run_id
 
     params = _params(args)
-    if is_vit_run(params, parse_run_id(args.run)):  # source 2: a Swin-V2 source
+    try:
+        run = parse_run_id(args.run)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if args.nproc < 1:
+        raise UserError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc > 1:  # N processes of one data-parallel run, through torch's elastic launcher
+        from mtwork.engine.launch import launch, strip_nproc
+
+        return launch(args.nproc, strip_nproc(args.argv), debug=args.debug)
+    if is_vit_run(params, run):  # source 2: a Swin-V2 source
         from mtwork.train_vit import train_vit_run
 
         train_vit_run(params, args.run, data_root=args.data, checkpoint=args.checkpoint, out_dir=args.out, domain=args.domain)
@@ -209,7 +222,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     params = _params(args)
     if len(args.dg_domain) != len(args.dg_data):
-        raise ValueError("give --dg-domain and --dg-data once per domain-generalization domain "
+        raise UserError("give --dg-domain and --dg-data once per domain-generalization domain "
                          f"(got {len(args.dg_domain)} and {len(args.dg_data)})")
     for i, run_dir in enumerate(args.run_dir, 1):
         run_id = Path(run_dir).name
@@ -218,7 +231,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             from mtwork.train_vit import evaluate_vit_run
 
             if args.protocol != "mtl":
-                raise ValueError(f"source 2's runs are evaluated with protocol mtl only, not '{args.protocol}'")
+                raise UserError(f"source 2's runs are evaluated with protocol mtl only, not '{args.protocol}'")
             evaluate_vit_run(params, run_dir, data_root=args.data, out=vit_metrics_path(run_id, args.metrics_dir),
                              domain=args.domain)
             continue
@@ -305,6 +318,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtwork", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="print the full traceback of every error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
@@ -396,13 +410,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per connection and per read")
     p.set_defaults(func=cmd_download)
 
-    p = sub.add_parser("train", help="train one run (adapt and/or finetune stages)")
+    p = sub.add_parser(
+        "train", help="train one run (adapt and/or finetune stages)",
+        description="Train one run into --out; a run whose directory holds epoch checkpoints resumes after the "
+        "last good one. --nproc N trains with N data-parallel processes on this machine (one per GPU; gloo on "
+        "CPU); processes started by torchrun or srun are recognised from their environment (docs/training.md).")
     _add_params(p)
     p.add_argument("--run", required=True, help="run id SOURCE__PARADIGM__TASKS__sSEED")
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--checkpoint", required=True, type=Path, help="converted backbone file")
     p.add_argument("--domain", default=None, help="the data.domains entry to train on (default: data.source_domain)")
     p.add_argument("--out", required=True, type=Path, help="run directory")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel processes on this node (default 1; train.batch_size stays the global batch)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate trained runs on a domain's val split")
@@ -454,6 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--attr", action="append", type=_attribute_option, default=[], metavar="KEY=VALUE[,VALUE]",
                            help="score only ground-truth frames with these attributes, e.g. timeofday=night (repeatable)")
         s.set_defaults(func=cmd_score)
+
+    for name, command in sub.choices.items():  # `mtwork train ... --debug` as well as `mtwork --debug train ...`
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="print the full traceback of every error")
     return parser
 
 
@@ -463,15 +486,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         # redraw every 20 s instead. tqdm reads TQDM_* variables when it is first imported.
         os.environ.setdefault("TQDM_MININTERVAL", "20")
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    from mtwork.config import ParamsError
-
+    args.argv = argv
+    args.debug = args.debug or os.environ.get("MTWORK_DEBUG", "") not in ("", "0")
     try:
         return int(args.func(args) or 0)
-    except (ParamsError, FileNotFoundError, ValueError, KeyError, OSError, RuntimeError) as exc:
-        # Expected user errors: one clear line, no traceback.
-        print(f"mtwork {args.command}: error: {exc}", file=sys.stderr)
+    except (UserError, FileNotFoundError) as exc:
+        # Expected errors (bad params, data, files, run ids): one clear line, no traceback; the
+        # message names the key or file. --debug (or MTWORK_DEBUG=1) shows the traceback too.
+        if args.debug:
+            traceback.print_exc()
+        print(f"mtwork {args.command}: error{_rank_label()}: {exc}", file=sys.stderr)
         return 2
+    except Exception:
+        # Anything else is a bug or an environment failure (CUDA out of memory, a crashed worker):
+        # the full traceback stays in the job's log, and the last line says what happened.
+        traceback.print_exc()
+        print(f"mtwork {args.command}: unexpected error{_rank_label()} (traceback above)", file=sys.stderr)
+        return 1
+
+
+def _rank_label() -> str:
+    """" (rank R)" in a process of a data-parallel run, so the lines of N processes can be told apart."""
+    rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+    return f" (rank {rank} of {world})" if rank is not None and world not in (None, "1") else ""
 
 
 if __name__ == "__main__":

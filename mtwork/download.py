@@ -31,6 +31,8 @@ import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from mtwork.errors import UserError
 from typing import BinaryIO, Dict, List, Mapping, Optional
 
 from tqdm import tqdm
@@ -44,7 +46,7 @@ _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _FULL = {"sha256": 64, "md5": 32}
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """A download or a checksum check failed; nothing was written at ``dest``.
 
     ``expected`` and ``actual`` are ``{"sha256": hex, "md5": hex}`` (the expected values may be

@@ -7,6 +7,15 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Iterator
 
+from mtwork.errors import UserError
+
+
+class UnknownName(UserError, KeyError):
+    """A name no entry of the family is registered under (the message lists the known ones)."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted
+        return str(self.args[0]) if self.args else ""
+
 
 class Registry:
     """Maps names to factories (classes or functions) for one family of components."""
@@ -30,7 +39,7 @@ class Registry:
             return self._entries[name]
         except KeyError:
             known = ", ".join(sorted(self._entries)) or "none"
-            raise KeyError(f"unknown {self.family} '{name}' (known: {known})") from None
+            raise UnknownName(f"unknown {self.family} '{name}' (known: {known})") from None
 
     def create(self, name: str, *args: Any, **kwargs: Any) -> Any:
         return self.get(name)(*args, **kwargs)

@@ -257,6 +257,14 @@ def train_gpus():
 
 
 GPUS = train_gpus()
+
+
+def nproc_args(wildcards, resources):
+    """` --nproc N` for a training job whose resource nproc is above 1 (set per rule in a profile's
+    set-resources, next to gpu=N); nothing otherwise, so the command stays dvc.yaml's."""
+    n = int(getattr(resources, "nproc", 1))
+    return f" --nproc {n}" if n > 1 else ""
+
 TRAIN_THREADS = P["train"]["threads"]
 # used only with --use-conda; relative to the .smk file holding the rule (rules/)
 CONDA_ENV = "../envs/mtwork.yaml"

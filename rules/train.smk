@@ -2,6 +2,9 @@
 # both lines of work: `mtwork train` takes a run of a Swin-V2 source (source 2) to its ViT-adapter
 # training and every other run to source 1's. It also writes epoch checkpoints (and adapt.pt) into the
 # run directory; final.pt and log.json are the declared outputs.
+# A rerun of a failed or timed-out job (profile `retries:`) resumes after the last epoch checkpoint.
+# Resource `nproc` (default 1; a profile's set-resources raises it, e.g. with gpu=4 nproc=4) runs the job
+# as that many data-parallel processes.
 
 
 rule train:
@@ -20,11 +23,13 @@ rule train:
         settings=rule_params("train"),
         domain=SOURCE_DOMAIN,
         out_dir=lambda wildcards: str(plan.run_dir(wildcards.run)),
+        nproc=nproc_args,
     threads: TRAIN_THREADS
     resources:
         gpu=GPUS,
+        nproc=1,
     conda:
         CONDA_ENV
     shell:
         "mtwork train {params.args} --run {wildcards.run} --data {input.data:q} --domain {params.domain:q} --checkpoint {input.checkpoint:q}"
-        " --out {params.out_dir:q} > {log:q} 2>&1"
+        " --out {params.out_dir:q}{params.nproc} > {log:q} 2>&1"

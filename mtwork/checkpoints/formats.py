@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
+from mtwork.errors import UserError
 from mtwork.registry import Registry
 
 CHECKPOINT_FORMATS = Registry("checkpoint format")
@@ -38,7 +39,7 @@ DDP_PREFIX = "module."
 CLASSIFIER_PREFIX = "fc."
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(UserError, ValueError):
     """The loaded object does not have the layout of the format it was declared as."""
 
 

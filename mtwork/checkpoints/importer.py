@@ -37,6 +37,7 @@ from mtwork.models.backbones import (
     split_arch,
 )
 from mtwork.models.swin import SWIN_CONFIGS
+from mtwork.errors import UserError
 
 # How many keys error messages and provenance list before "...": enough to diagnose, short to read.
 SHOW_KEYS = 10
@@ -65,7 +66,7 @@ INFERABLE_ARCHS: Tuple[str, ...] = (
 _SWIN_MARKER = "patch_embed.proj.weight"
 
 
-class CheckpointImportError(ValueError):
+class CheckpointImportError(UserError, ValueError):
     """An upstream checkpoint cannot be imported as the requested backbone; nothing was written.
 
     ``report`` holds the comparison (missing/unexpected/mismatched keys) when one was made.

@@ -78,6 +78,7 @@ import torch
 from PIL import Image
 
 from mtwork.data.batch import IGNORE_INDEX
+from mtwork.errors import UserError
 
 # ---------------------------------------------------------------------------------------------
 # Class lists and palettes
@@ -259,7 +260,7 @@ def metres_to_depth(depth_m: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """Bad data on disk; the message names the file (and key or value) at fault."""
 
 

@@ -53,6 +53,7 @@ from mtwork.download import (
     mismatches,
     part_path,
 )
+from mtwork.errors import UserError
 from mtwork.registry import Registry
 
 
@@ -64,7 +65,7 @@ class ManualDownloadRequired(DownloadError):
     """The dataset cannot be fetched automatically: the message says what to fetch, from where, where to put it."""
 
 
-class ExtractError(RuntimeError):
+class ExtractError(UserError, RuntimeError):
     """An archive could not be extracted (corrupt, unsafe member paths, no tool for its format)."""
 
 
@@ -162,7 +163,7 @@ DATASET_SOURCES: Dict[str, DatasetSource] = {
 
 def get_source(name: str) -> DatasetSource:
     if name not in DATASET_SOURCES:
-        raise KeyError(f"unknown dataset '{name}' (known: {', '.join(sorted(DATASET_SOURCES))})")
+        raise UserError(f"unknown dataset '{name}' (known: {', '.join(sorted(DATASET_SOURCES))})")
     return DATASET_SOURCES[name]
 
 

@@ -64,12 +64,13 @@ def open_domain(params: Mapping[str, Any], domain: str, split: str, tasks: Optio
                 root: str | os.PathLike | None = None, **kwargs: Any):
     """The reader of a domain of ``params`` (data.domains): its dataset's format, folder (``root`` when
     given, e.g. the path the workflow passed, else the dataset's) and attribute filter; ``split``,
-    ``tasks``, ``transform`` and ``kwargs`` as for ``create_dataset``. An unknown domain is a KeyError
+    ``tasks``, ``transform`` and ``kwargs`` as for ``create_dataset``. An unknown domain is a ParamsError
     naming the known ones."""
+    from mtwork.config import ParamsError
     from mtwork.plan import domain as domain_spec
 
     if domain not in params["data"]["domains"]:
-        raise KeyError(f"domain '{domain}' is not in data.domains (known: {', '.join(params['data']['domains'])})")
+        raise ParamsError(f"domain '{domain}' is not in data.domains (known: {', '.join(params['data']['domains'])})")
     spec = domain_spec(params, domain)
     if spec.attributes is not None:
         kwargs["attributes"] = spec.attributes

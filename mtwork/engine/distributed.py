@@ -102,13 +102,19 @@ def env_from(environ: Mapping[str, str] = os.environ) -> DistEnv:
 
 def init(env: DistEnv, device: torch.device) -> torch.device:
     """Join the process group of ``env`` (no-op in one process) and return this process's device:
-    ``cuda:LOCAL_RANK`` on GPU (each process its own GPU), else ``device`` unchanged."""
+    ``cuda:LOCAL_RANK`` on GPU (each process its own GPU; ``cuda:0`` when the launcher already gave each
+    process one visible GPU, as ``srun --gpus-per-task=1`` does), else ``device`` unchanged."""
     if not env.distributed:
         return device
     if device.type == "cuda":
-        if env.local_rank >= torch.cuda.device_count():
-            raise RuntimeError(f"local rank {env.local_rank} but only {torch.cuda.device_count()} CUDA devices are visible")
-        device = torch.device("cuda", env.local_rank)
+        visible = torch.cuda.device_count()
+        if env.local_rank < visible:
+            device = torch.device("cuda", env.local_rank)
+        elif visible == 1:
+            device = torch.device("cuda", 0)
+        else:
+            raise RuntimeError(f"local rank {env.local_rank} but {visible} CUDA devices are visible: give each "
+                               "process its own GPU (one visible GPU per process, or all of the node's GPUs)")
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         if env.master_addr:

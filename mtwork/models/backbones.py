@@ -28,13 +28,14 @@ import torch
 from timm.models._features import FeatureDictNet
 from torch import nn
 
+from mtwork.errors import UserError
 from mtwork.registry import Registry
 
 # Strides 4, 8, 16, 32: the four scales the FPN neck and the multi-scale adapters use.
 OUT_INDICES: Sequence[int] = (1, 2, 3, 4)
 
 
-class BackboneLoadError(ValueError):
+class BackboneLoadError(UserError, ValueError):
     """A converted backbone file does not fit the requested architecture."""
 
 

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtwork.data.batch import dense_to_orig
+from mtwork.engine.distributed import global_max, global_mean
 from mtwork.tasks.base import TASKS, FeatureSpec, Metric, Task
 from mtwork.tasks.segmentation import NORMS, SegmentationHead
 
@@ -149,14 +150,18 @@ def labeled_at_label_size(outputs: torch.Tensor, batch: Mapping[str, Any],
 def berhu_loss(pred: torch.Tensor, target: torch.Tensor, threshold: float = 0.2) -> torch.Tensor:
     """Mean berHu over the given pixels (1-D or any shape; all assumed valid); formula in the module doc.
 
-    ``c`` = threshold * max |pred - target| is detached. When every residual is 0 the loss is 0.
+    ``c`` = threshold * max |pred - target| is detached. When every residual is 0 the loss is 0; with
+    no pixel at all, a graph-connected 0. Under data parallelism the max is over the global batch
+    (every rank must call this, with or without pixels).
     """
     r = pred - target
     a = r.abs()
-    c = threshold * a.max().detach()
+    c = threshold * global_max(a.max().detach() if a.numel() else a.new_zeros(()))
     # clamp: the quadratic branch is evaluated everywhere by torch.where, and a 0 divisor there would
     # put NaN into the gradient even where that branch is not selected
     c_safe = c.clamp(min=torch.finfo(a.dtype).tiny)
+    if a.numel() == 0:
+        return r.sum() * 0.0
     return torch.where(a <= c, a, (r * r + c * c) / (2 * c_safe)).mean()
 
 
@@ -164,6 +169,8 @@ def depth_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "berhu", be
     """Loss between pred (N,1,H,W) or (N,H,W) metres and target (N,H,W) metres over target > 0.
 
     A graph-connected zero when no pixel is valid (not NaN), so a batch without depth is harmless.
+    Under data parallelism: the mean over the global batch's valid pixels, berHu's threshold from its
+    largest residual (``mtwork.engine.distributed``).
     """
     if kind not in LOSSES:
         raise KeyError(f"unknown depth loss '{kind}' (known: {', '.join(LOSSES)})")
@@ -172,12 +179,12 @@ def depth_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "berhu", be
             raise ValueError(f"depth prediction must have 1 channel, got shape {tuple(pred.shape)}")
         pred = pred[:, 0]
     valid = target > 0
-    if not valid.any():
-        return pred.sum() * 0.0
     p, t = pred[valid], target[valid].to(pred.dtype)
     if kind == "l1":
-        return (p - t).abs().mean()
-    return berhu_loss(p, t, berhu_threshold)
+        local = (p - t).abs().mean() if p.numel() else pred.sum() * 0.0
+    else:
+        local = berhu_loss(p, t, berhu_threshold)
+    return global_mean(local, valid.sum())
 
 
 def depth_error_sums(pred: torch.Tensor, target: torch.Tensor) -> Dict[str, float]:

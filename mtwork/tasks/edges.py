@@ -20,20 +20,22 @@ from typing import Any, Dict, Mapping
 
 import torch
 
+from mtwork.engine.distributed import global_mean
 from mtwork.tasks.base import TASKS, Metric
 from mtwork.tasks.depth import DenseRegressionTask, labeled_at_label_size, labeled_training_pairs
 
 
 def edges_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean L1 between pred (N,1,H,W) or (N,H,W) and target (N,H,W) over target >= 0; 0 if none."""
+    """Mean L1 between pred (N,1,H,W) or (N,H,W) and target (N,H,W) over target >= 0; 0 if none.
+    Under data parallelism the mean is over the global batch's valid pixels (``global_mean``)."""
     if pred.dim() == 4:
         if pred.shape[1] != 1:
             raise ValueError(f"edge prediction must have 1 channel, got shape {tuple(pred.shape)}")
         pred = pred[:, 0]
     valid = target >= 0
     if not valid.any():
-        return pred.sum() * 0.0
-    return (pred[valid] - target[valid].to(pred.dtype)).abs().mean()
+        return global_mean(pred.sum() * 0.0, 0)
+    return global_mean((pred[valid] - target[valid].to(pred.dtype)).abs().mean(), valid.sum())
 
 
 class EdgesEvaluator:

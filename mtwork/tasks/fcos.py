@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import batched_nms, generalized_box_iou_loss, sigmoid_focal_loss
 
+from mtwork.engine.distributed import rank_normaliser, world_size
+
 # Per-level ranges of max(l,t,r,b) in input pixels. FCOS uses (0,64),(64,128),...(512,inf) on P3..P7;
 # with only P3..P5 and small inputs, P5 takes every object larger than 128 px.
 DEFAULT_SIZE_RANGES: Tuple[Tuple[float, float], ...] = ((0.0, 64.0), (64.0, 128.0), (128.0, math.inf))
@@ -234,7 +236,8 @@ def fcos_targets(
 # --------------------------------------------------------------------------------------------------
 def _flatten(maps: Sequence[torch.Tensor]) -> torch.Tensor:
     """Per-level (B,C,H,W) -> (B, sum H*W, C), row-major like ``level_points``."""
-    return torch.cat([m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, m.shape[1]) for m in maps], dim=1)
+    # explicit sizes, not -1: a batch of 0 images (a data-parallel rank without det labels) must work
+    return torch.cat([m.permute(0, 2, 3, 1).reshape(m.shape[0], m.shape[2] * m.shape[3], m.shape[1]) for m in maps], dim=1)
 
 
 def output_points(outputs: Mapping[str, object]) -> List[torch.Tensor]:
@@ -278,6 +281,8 @@ def fcos_loss(
     not positives are left out of the classification loss (module docstring).
     Returns {"cls": focal loss sum / num_pos, "box": GIoU loss on positives weighted by centerness
     targets / their sum, "ctr": BCE on positives sum / num_pos}; num_pos is clamped to >= 1.
+    Under data parallelism num_pos and the centerness sum are those of the global batch
+    (``mtwork.engine.distributed.rank_normaliser``), and ``targets`` may be empty on a rank.
     """
     cls = _flatten(outputs["cls"])  # (B,P,K)
     box = _flatten(outputs["box"])  # (B,P,4)
@@ -287,14 +292,27 @@ def fcos_loss(
     points = output_points(outputs)
     assigned = [fcos_targets(points, outputs["strides"], t["boxes"], t["labels"], size_ranges, center_radius)
                 for t in targets]
-    labels = torch.stack([a[0] for a in assigned])  # (B,P)
-    ltrb = torch.stack([a[1] for a in assigned])  # (B,P,4)
+    if assigned:
+        labels = torch.stack([a[0] for a in assigned])  # (B,P)
+        ltrb = torch.stack([a[1] for a in assigned])  # (B,P,4)
+    else:
+        labels = torch.full(cls.shape[:2], -1, dtype=torch.long, device=cls.device)
+        ltrb = cls.new_zeros((*cls.shape[:2], 4))
     pos = labels >= 0
-    num_pos = max(int(pos.sum()), 1)
 
     onehot = torch.zeros_like(cls)
     onehot[pos, labels[pos]] = 1.0
     all_points = torch.cat(points)
+    pts = all_points[None].expand(cls.shape[0], -1, -1)[pos]
+    target_ltrb = ltrb[pos]
+    ctr_target = centerness_target(target_ltrb)
+    if world_size() == 1:
+        num_pos = max(int(pos.sum()), 1)
+        ctr_norm = ctr_target.sum().clamp(min=1e-6)
+    else:  # the global batch's counts, one all-reduce for both
+        num_pos, ctr_norm = rank_normaliser(torch.stack([pos.sum().float(), ctr_target.sum().float()]),
+                                            minimum=0.0).unbind()
+        num_pos, ctr_norm = num_pos.clamp(min=1.0 / world_size()), ctr_norm.clamp(min=1e-6 / world_size())
     ignored = [ignore_mask(all_points, t["ignore_boxes"], t["ignore_labels"], cls.shape[-1])
                if t.get("ignore_boxes") is not None and t["ignore_boxes"].numel() else None for t in targets]
     if any(m is not None for m in ignored):
@@ -306,12 +324,8 @@ def fcos_loss(
                     * weight).sum() / num_pos
     else:
         loss_cls = sigmoid_focal_loss(cls, onehot, alpha=focal_alpha, gamma=focal_gamma, reduction="sum") / num_pos
-
-    pts = all_points[None].expand(cls.shape[0], -1, -1)[pos]
-    target_ltrb = ltrb[pos]
-    ctr_target = centerness_target(target_ltrb)
     giou = generalized_box_iou_loss(ltrb_to_xyxy(pts, box[pos]), ltrb_to_xyxy(pts, target_ltrb), reduction="none")
-    loss_box = (giou * ctr_target).sum() / ctr_target.sum().clamp(min=1e-6)
+    loss_box = (giou * ctr_target).sum() / ctr_norm
     loss_ctr = F.binary_cross_entropy_with_logits(ctr[pos], ctr_target, reduction="sum") / num_pos
     return {"cls": loss_cls, "box": loss_box, "ctr": loss_ctr}
 

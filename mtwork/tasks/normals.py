@@ -35,6 +35,7 @@ from typing import Any, Dict, Mapping
 import torch
 import torch.nn.functional as F
 
+from mtwork.engine.distributed import global_mean
 from mtwork.tasks.base import TASKS, Metric
 from mtwork.tasks.depth import DenseRegressionTask, labeled_at_label_size, labeled_training_pairs
 
@@ -63,18 +64,19 @@ def normals_loss(pred: torch.Tensor, target: torch.Tensor, l1_weight: float = 1.
                  cosine_weight: float = 1.0) -> torch.Tensor:
     """Loss between pred and target (N,3,H,W) over the target's valid pixels (module docstring).
 
-    A graph-connected zero when no pixel is valid.
+    A graph-connected zero when no pixel is valid. Under data parallelism both means are over the
+    global batch's valid pixels (``mtwork.engine.distributed.global_mean``).
     """
     if pred.shape != target.shape or pred.dim() != 4 or pred.shape[1] != 3:
         raise ValueError(f"normals pred {tuple(pred.shape)} and target {tuple(target.shape)} must both be (N,3,H,W)")
     valid = valid_normals(target)
     if not valid.any():
-        return pred.sum() * 0.0
+        return global_mean(pred.sum() * 0.0, 0)
     p = pred.permute(0, 2, 3, 1)[valid]  # (P,3)
     g = target.permute(0, 2, 3, 1)[valid].to(p.dtype)
     l1 = (p - g).abs().sum(dim=-1).mean()
     cosine = (1.0 - F.cosine_similarity(p, g, dim=-1)).mean()
-    return l1_weight * l1 + cosine_weight * cosine
+    return global_mean(l1_weight * l1 + cosine_weight * cosine, valid.sum())
 
 
 class NormalsEvaluator:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtwork.data.batch import IGNORE_INDEX, dense_to_orig
+from mtwork.engine.distributed import global_mean
 from mtwork.tasks.base import FeatureSpec, Metric, Task
 
 
@@ -160,7 +161,8 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, labeled: torch
     """Cross-entropy over the labeled samples, mean over their non-ignored pixels.
 
     logits (B,K,H,W), target (B,H,W) long (training frame: same H,W as the logits), labeled (B,) bool.
-    When the labeled samples hold no valid pixel the loss is a graph-connected zero (not NaN).
+    When the labeled samples hold no valid pixel the loss is a graph-connected zero (not NaN). Under
+    data parallelism the mean is over the valid pixels of the global batch (``global_mean``).
     """
     labeled = labeled.to(logits.device)
     logits = logits[labeled]
@@ -170,9 +172,10 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, labeled: torch
             f"label size {tuple(target.shape[-2:])} != logits size {tuple(logits.shape[-2:])}: "
             "training labels must be in the network-input frame"
         )
-    if not (target != ignore_index).any():
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits, target, ignore_index=ignore_index)
+    valid = target != ignore_index
+    if not valid.any():
+        return global_mean(logits.sum() * 0.0, 0)
+    return global_mean(F.cross_entropy(logits, target, ignore_index=ignore_index), valid.sum())
 
 
 class SegmentationEvaluator:

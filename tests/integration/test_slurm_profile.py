@@ -8,6 +8,7 @@ missing controller. Takes ~30 s per workflow: jobs go through sbatch and the squ
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -180,3 +181,46 @@ def test_profile_runs_the_real_data_rules_with_overrides(slurm_cluster, tmp_path
     # 6 per visual preset (data.synthdrive.domains): 18 for the default three
     assert len(train_images) == 6 * 3, "the job inside Slurm did not see the --config overrides"
     assert len(_submitted(out, "generate_synthdrive")) == 1 and len(_submitted(out, "check_data")) == 1
+
+
+TINY_TRAIN = [
+    "checkpoints__sources=[random]",
+    "data__synthdrive__counts={det: {train: 6, val: 2}, seg: {train: 4, val: 2}}",
+    "data__synthdrive__image_size=[64, 112]",
+    "train__paradigms=[single_task]",
+    "train__epochs=1",
+    "train__adapt_epochs=0",
+    "train__batch_size=4",
+    "train__input_size=[64, 96]",
+    "train__device=cpu",
+]
+TINY_RUN = "random__single_task__semseg__s0"
+
+
+@pytest.mark.skipif(not _has_synthdrive(), reason="mtwork generate / data check not implemented yet")
+def test_profile_runs_a_two_process_training_job(slurm_cluster, tmp_path: Path):
+    """A training job through the profile as on a GPU cluster: one Slurm task holding 2 (fake) GPUs,
+    inside which `mtwork train --nproc 2` runs two data-parallel processes (gloo on this CPU node).
+    The job's inputs are made locally first, so Slurm runs the training job alone."""
+    wf = tmp_path / "wf"
+    wf.mkdir()
+    for name in ("Snakefile", "rules", "envs", "params.yaml"):
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, wf / name)
+    target = f"models/runs/{TINY_RUN}/final.pt"
+    local = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", "data/checks/synthdrive.json", "models/pretrained/random.pt",
+         "--config", *TINY_TRAIN], cwd=wf, env=_env(), capture_output=True, text=True, timeout=600)
+    assert local.returncode == 0, local.stdout[-4000:] + local.stderr[-4000:]
+    out = _snakemake_slurm(
+        wf, target, "--config", *TINY_TRAIN,
+        # the profile's training resources, scaled to the test node: 2 fake GPUs, and 1 CPU (the node
+        # has as many CPUs as `nproc` said when slurm-local started it, 1 under OMP_NUM_THREADS=1)
+        "--set-resources", "train:gpu=2", "train:nproc=2", "train:cpus_per_task=1", "train:mem_mb=3000",
+    )
+    assert len(_submitted(out, "train")) == 1 and not _submitted(out, "generate_synthdrive")
+    log = json.loads((wf / "models" / "runs" / TINY_RUN / "log.json").read_text())
+    assert log["world_size"] == 2 and log["batch_size"] == 4
+    job_log = (wf / "logs" / "train" / f"{TINY_RUN}.log").read_text()
+    assert job_log.count(f"[mtwork train] {TINY_RUN} epoch 1/1") == 1  # rank 0 alone reports
+    assert "--nproc 2" in out

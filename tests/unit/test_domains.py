@@ -64,5 +64,5 @@ def test_open_domain_reads_only_the_domains_frames(two_presets):
     images = domain_images(two_presets, "train", {"timeofday": "night"})
     assert {attributes[p.name]["timeofday"] for p in images} == {"night"}
     assert len(images) == len({p.name for p in domain_images(two_presets, "train")}) // 2
-    with pytest.raises(KeyError, match="known: clear_day, dusk_fog, night"):
+    with pytest.raises(ParamsError, match="known: clear_day, dusk_fog, night"):
         open_domain(params, "moon", "train", ("semseg",), root=two_presets)

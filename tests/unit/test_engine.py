@@ -187,3 +187,22 @@ def test_launcher_environments():
     assert not env_from({**slurm, "SLURM_STEP_NUM_TASKS": "1"}).distributed
     with pytest.raises(ValueError, match="WORLD_SIZE"):
         env_from({"RANK": "0", "WORLD_SIZE": "two"})
+
+
+def test_sync_batchnorm_replaces_plain_batchnorms_only():
+    from mtwork.engine.loop import convert_sync_batchnorm
+    from mtwork.methods.lora import lock_batchnorm_eval
+
+    torch.manual_seed(0)
+    frozen = lock_batchnorm_eval(nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)))  # LoRA's eval-locked norms
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), frozen)
+    with torch.no_grad():
+        model[1].running_mean.uniform_()
+        model[1].weight.uniform_()
+    model[1].weight.requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    convert_sync_batchnorm(model)
+    assert type(model[1]) is nn.SyncBatchNorm and not model[1].weight.requires_grad
+    assert type(model[2][1]) is not nn.SyncBatchNorm and isinstance(model[2][1], nn.BatchNorm2d)
+    after = model.state_dict()
+    assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
