@@ -7,6 +7,7 @@
     mtwork train              one run: adapt/finetune stages -> models/runs/<run>/final.pt
     mtwork evaluate           a trained run on a domain's val split -> results/metrics/...json
     mtwork tables             metrics -> results/tables/*.md|.tex|.csv and results/figures/*.png
+    mtwork bench              training-step, loader and MFU numbers of this machine (docs/benchmarks.md)
 
 Snakemake rules and DVC stages call these and nothing else. Imports are lazy so ``--help`` is fast.
 """
@@ -191,6 +192,12 @@ def cmd_tables(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from mtwork.bench import main as bench_main
+
+    return bench_main(_params(args), args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtwork", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -275,6 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=Path("results/tables"), type=Path)
     p.add_argument("--figures", default=Path("results/figures"), type=Path)
     p.set_defaults(func=cmd_tables)
+
+    from mtwork.bench import __doc__ as bench_doc, add_arguments as add_bench_arguments  # no torch import
+
+    p = sub.add_parser("bench", help="training-step img/s per paradigm, loader img/s per worker, memory, MFU",
+                       description=bench_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_params(p)
+    add_bench_arguments(p)
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
