@@ -29,7 +29,7 @@ Timing: every model gets ``--warmup`` steps alone, then the models take turns, o
 ``--steps`` rounds, so a load change on a shared machine hits all of them alike; the loader takes the
 best of ``--loader-rounds`` passes over its images (the least disturbed one) and reports the median too.
 Defaults come from the params file (arch, tasks, batch, input size, device, threads, Swin-V2 and its
-input); the options override them. ``--json OUT`` writes the whole record (machine, date, command,
+input); the options (``mtwork bench --help``, defined in ``mtwork.cli``) override them. ``--json OUT`` writes the whole record (machine, date, command,
 settings, numbers). Used for docs/benchmarks.md; a test runs it at a tiny size.
 """
 from __future__ import annotations
@@ -47,42 +47,10 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-SECTIONS = ("step", "vit", "loader")
 #: Loader sizes (H, W) measured by default: the paper's network input and the full BDD100K frame.
 DEFAULT_LOADER_SIZES = ((384, 640), (720, 1280))
-#: BDD100K's image size (H, W) on disk.
-BDD100K_IMAGE_SIZE = (720, 1280)
 #: Names of the bare backbone's cases.
 BARE_TRAIN, BARE_FORWARD = "backbone_train", "backbone_forward"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The bench's options (no heavy import: ``mtwork --help`` stays fast)."""
-    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
-    parser.add_argument("--device", default=None, help="cpu | cuda | auto (default: train.device)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: train.threads)")
-    parser.add_argument("--batch", type=int, default=None, help="step batch size (default: train.batch_size)")
-    parser.add_argument("--input-size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                        help="step input size (default: train.input_size)")
-    parser.add_argument("--arch", default=None, help="source-1 backbone (default: model.backbone)")
-    parser.add_argument("--tasks", nargs="+", default=None, help="source-1 tasks (default: train.tasks)")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per model (interleaved rounds)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model before the rounds")
-    parser.add_argument("--vit-arch", default=None, help="Swin-V2 name (default: the arch of vit.source)")
-    parser.add_argument("--vit-input-size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                        help="default: vit.input_size")
-    parser.add_argument("--vit-batch", type=int, default=None, help="default: vit.batch_size")
-    parser.add_argument("--loader-size", type=int, nargs=2, action="append", default=None, metavar=("H", "W"),
-                        help="network input size of the loader benchmark; repeatable (default: 384 640 and 720 1280)")
-    parser.add_argument("--loader-images", type=int, default=16, help="SynthDrive images the loader reads")
-    parser.add_argument("--loader-image-size", type=int, nargs=2, default=BDD100K_IMAGE_SIZE, metavar=("H", "W"),
-                        help="size of those images on disk (default: BDD100K's 720 1280)")
-    parser.add_argument("--loader-rounds", type=int, default=3, help="passes over the images (best and median)")
-    parser.add_argument("--loader-batch", type=int, default=None, help="batch collated by the worker (default: --batch)")
-    parser.add_argument("--loader-data", type=Path, default=None,
-                        help="keep the generated images here (reused when present) instead of a temporary folder")
-    parser.add_argument("--workers", type=int, default=0, help="also time a DataLoader with this many worker processes")
-    parser.add_argument("--json", type=Path, default=None, help="write the record here")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -516,8 +484,8 @@ def _best_and_median(rates: Sequence[float]) -> Dict[str, float]:
 def decode_rates(files: Sequence[Path], rounds: int) -> Dict[str, Dict[str, float]]:
     """img/s of decoding alone, one thread: PIL full size, PIL at 1/2 size (JPEG DCT scaling), torchvision.io."""
     import numpy as np
-    import torch
     from PIL import Image
+
     from torchvision.io import decode_jpeg, read_file
 
     def pil(path: Path, reduce: int) -> Any:
@@ -532,16 +500,17 @@ def decode_rates(files: Sequence[Path], rounds: int) -> Dict[str, Dict[str, floa
         "torchvision_io": lambda p: decode_jpeg(read_file(str(p))),
     }
     out = {}
-    for name, decode in decoders.items():
-        decode(files[0])
-        rates = []
-        for _ in range(rounds):
-            t0 = time.perf_counter()
-            for path in files:
-                decode(path)
-            rates.append(len(files) / (time.perf_counter() - t0))
-        out[name] = _best_and_median(rates)
-    del torch
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its image decoders (for TorchCodec)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for name, decode in decoders.items():
+            decode(files[0])
+            rates = []
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                for path in files:
+                    decode(path)
+                rates.append(len(files) / (time.perf_counter() - t0))
+            out[name] = _best_and_median(rates)
     return out
 
 
@@ -712,10 +681,11 @@ def format_report(record: Mapping[str, Any]) -> str:
 
 
 def main(params: Mapping[str, Any], args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
+    """Run, print the tables, write ``args.json``; ``argv``: the command's arguments, for the record."""
     from mtwork.io import write_json
 
-    command = "mtwork bench " + " ".join(sys.argv[2:] if argv is None else argv)
-    record = run(params, args, command.strip())
+    command = "mtwork bench" + ("" if argv is None else " " + " ".join(argv))
+    record = run(params, args, command)
     print(format_report(record), flush=True)
     if args.json is not None:
         write_json(args.json, record)
