@@ -4,12 +4,12 @@
 
 Every Snakemake/DVC job is one ``mtwork <verb>`` process (about 120 in the default run), and each pays
 Python's start-up, its imports, building its model and data set, and writing its outputs. This script
-prepares a small workspace (a 256x448 SynthDrive with 16/8 det and 12/8 seg images, random ResNet-18 and
-Swin-V2 checkpoints; not timed) and runs each job kind of the pipeline as its own process, ``--repeat``
+prepares a workspace (the default SynthDrive domain, random ResNet-18 and Swin-V2 checkpoints; not
+timed) and runs each job kind of the pipeline as its own process, ``--repeat``
 times, with the default params.yaml (one epoch for the training jobs):
 
     help                mtwork --help
-    generate            a SynthDrive domain (the same small counts)
+    generate            a SynthDrive domain
     data_check          mtwork data check
     import_checkpoint   a random ResNet-18 converted and verified
     pretrain            MoCo v2, one epoch
@@ -21,8 +21,9 @@ times, with the default params.yaml (one epoch for the training jobs):
 Per job: ``wall`` (process start to exit, the least disturbed of the repeats), ``work`` (what the job's
 own record says it spent training, evaluating or pretraining; 0 where it records nothing: generate,
 data check, import-checkpoint, whose start-up is then their whole wall time),
-``startup`` = wall - work, and ``imports``: the sum of the top-level imports that ``python -X
-importtime`` reports, from one extra run per job. Run it on an otherwise idle machine; it works on any
+``startup`` = wall - work, ``cpu`` (the process's user + system CPU seconds, least of the repeats: less
+disturbed than the wall clock by other load) and ``imports``: the sum of the top-level imports that
+``python -X importtime`` reports, from one extra run per job. Run it on an otherwise idle machine; it works on any
 commit that has these commands (for before/after comparisons), with ``PYTHONPATH`` choosing the code.
 Used for docs/benchmarks.md; never run by the tests.
 """
@@ -32,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -43,10 +45,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 REPO = Path(__file__).resolve().parents[1]
 RUN = "random__pretrain_finetune__semseg-drivable-det__s0"
 VIT_RUN = "swin_simmim__vtagml__semseg-depth-normals-edges__s0"
-SETTINGS = [
-    "data.synthdrive.counts={det: {train: 16, val: 8}, seg: {train: 12, val: 8}}",
-    "train.epochs=1", "train.adapt_epochs=0", "vit.epochs=1", "checkpoints.pretrain.epochs=1",
-]
+SETTINGS = ["train.epochs=1", "train.adapt_epochs=0", "vit.epochs=1", "checkpoints.pretrain.epochs=1"]
 
 
 def mtwork(*args: str) -> List[str]:
@@ -104,6 +103,11 @@ def prepare(work: Path, env: Dict[str, str]) -> None:
         subprocess.run(cmd, check=True, env=env, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def import_seconds(stderr: str) -> float:
     """Sum of the cumulative times of the top-level imports in ``-X importtime`` output (seconds)."""
     total = 0
@@ -131,13 +135,14 @@ def main() -> None:
     for name, (cmd, work_seconds, cleanup) in table.items():
         if args.only and name not in args.only:
             continue
-        walls, works = [], []
+        walls, works, cpus = [], [], []
         for _ in range(args.repeat):
             if cleanup:
                 cleanup()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), _children_cpu()
             subprocess.run(cmd, check=True, env=env, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             walls.append(time.perf_counter() - t0)
+            cpus.append(_children_cpu() - c0)
             works.append(work_seconds())
         if cleanup:
             cleanup()
@@ -146,10 +151,10 @@ def main() -> None:
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         best = min(range(len(walls)), key=lambda i: walls[i] - works[i])
         results[name] = {"wall": walls[best], "work": works[best], "startup": walls[best] - works[best],
-                         "imports": import_seconds(timed.stderr)}
+                         "cpu": min(cpus), "imports": import_seconds(timed.stderr)}
         r = results[name]
         print(f"{name:18s} wall {r['wall']:6.2f} s  work {r['work']:6.2f} s  start-up {r['startup']:6.2f} s  "
-              f"imports {r['imports']:5.2f} s", flush=True)
+              f"imports {r['imports']:5.2f} s  (process CPU {r['cpu']:6.2f} s)", flush=True)
     record = {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "python": platform.python_version(),
               "platform": platform.platform(), "load_average": list(os.getloadavg()), "repeat": args.repeat,
               "command": " ".join(sys.argv), "jobs": results}

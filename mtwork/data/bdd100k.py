@@ -418,7 +418,9 @@ class ImageFile:
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         """``np.asarray(image_file)``: the full-size decode (for transforms that take arrays only)."""
         array = self.decode()
-        return array if dtype is None else array.astype(dtype)
+        if dtype is not None and np.dtype(dtype) != array.dtype:
+            return array.astype(dtype)
+        return array.copy() if copy else array
 
 
 def read_mask(path: Path) -> np.ndarray:

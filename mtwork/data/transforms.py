@@ -9,7 +9,7 @@ Input (raw sample, e.g. from ``BDD100KDataset`` without a transform)::
 
 ``TrainTransform`` also takes an encoded image in place of the array (``TAKES_ENCODED_IMAGE``): an
 object with ``size`` (H0, W0) and ``decode(min_size) -> (h,w,3) uint8`` (``mtwork.data.bdd100k.
-ImageFile``), which it decodes at the smallest JPEG reduction that still holds the resized image.
+ImageFile``), which it decodes at the largest JPEG reduction that still holds the resized image.
 
 Output: image (3,H,W) uint8 RGB (normalised later, on the device: ``mtwork.data.batch.
 batch_to_device``); image_box (x1, y1, x2, y2) of the real image on the canvas (TrainTransform; the rest
@@ -107,7 +107,8 @@ def _resize(array: np.ndarray, size_hw: Tuple[int, int], nearest: bool) -> np.nd
     if array.shape[:2] == tuple(size_hw):
         return array
     if nearest:
-        return array[nearest_indices(array.shape[0], size_hw[0])][:, nearest_indices(array.shape[1], size_hw[1])]
+        rows, cols = nearest_indices(array.shape[0], size_hw[0]), nearest_indices(array.shape[1], size_hw[1])
+        return np.take(np.take(array, rows, axis=0), cols, axis=1)
     if array.ndim == 3 and array.shape[2] == 3 and array.dtype == np.uint8:
         return resize_image(array, size_hw).permute(1, 2, 0).numpy()
     if array.ndim == 3:
