@@ -36,7 +36,9 @@ settings, numbers). Used for docs/benchmarks.md; a test runs it at a tiny size.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import logging
 import os
 import platform
 import statistics
@@ -247,30 +249,9 @@ def case_record(case: Case, peak_flops: float) -> Dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------
 
 
-def source1_batch(tasks: Sequence[str], batch: int, size: Tuple[int, int], seed: int = 0) -> Dict[str, Any]:
-    """A collated batch (uint8 image, uint8 masks, two boxes per image) with every task labeled."""
-    import torch
-
-    from mtwork.data.batch import collate
-
-    g = torch.Generator().manual_seed(seed)
-    h, w = size
-    samples = []
-    for i in range(batch):
-        sample: Dict[str, Any] = {
-            "image": torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8),
-            "name": f"bench_{i}.jpg", "orig_size": (h, w),
-            "semseg": torch.randint(0, 19, (h, w), generator=g, dtype=torch.uint8),
-            "drivable": torch.randint(0, 3, (h, w), generator=g, dtype=torch.uint8),
-            "det": {"boxes": torch.tensor([[0.1 * w, 0.1 * h, 0.5 * w, 0.6 * h], [0.5 * w, 0.3 * h, 0.9 * w, 0.9 * h]]),
-                    "labels": torch.tensor([2, 0])},
-        }
-        samples.append({k: v for k, v in sample.items() if k in tasks or k in ("image", "name", "orig_size")})
-    return collate(samples)
-
-
-def dense_batch(tasks: Sequence[str], batch: int, size: Tuple[int, int], seed: int = 0) -> Dict[str, Any]:
-    """A collated batch for source 2's dense tasks (semseg, depth, normals, edges), every task labeled."""
+def synthetic_batch(tasks: Sequence[str], batch: int, size: Tuple[int, int], seed: int = 0) -> Dict[str, Any]:
+    """A collated batch (uint8 image and masks, as the loader makes) with every one of ``tasks``
+    labeled: semseg, drivable, det (two boxes), depth (metres), normals (unit vectors), edges."""
     import torch
     import torch.nn.functional as F
 
@@ -278,18 +259,32 @@ def dense_batch(tasks: Sequence[str], batch: int, size: Tuple[int, int], seed: i
 
     g = torch.Generator().manual_seed(seed)
     h, w = size
-    samples = []
-    for i in range(batch):
-        sample: Dict[str, Any] = {
-            "image": torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8),
-            "name": f"bench_{i}.jpg", "orig_size": (h, w),
-            "semseg": torch.randint(0, 19, (h, w), generator=g, dtype=torch.uint8),
-            "depth": 1.0 + 50.0 * torch.rand((h, w), generator=g),
-            "normals": F.normalize(torch.randn((3, h, w), generator=g), dim=0),
-            "edges": torch.rand((h, w), generator=g),
-        }
-        samples.append({k: v for k, v in sample.items() if k in tasks or k in ("image", "name", "orig_size")})
+    labels = {
+        "semseg": lambda: torch.randint(0, 19, (h, w), generator=g, dtype=torch.uint8),
+        "drivable": lambda: torch.randint(0, 3, (h, w), generator=g, dtype=torch.uint8),
+        "det": lambda: {"boxes": torch.tensor([[0.1 * w, 0.1 * h, 0.5 * w, 0.6 * h], [0.5 * w, 0.3 * h, 0.9 * w, 0.9 * h]]),
+                        "labels": torch.tensor([2, 0])},
+        "depth": lambda: 1.0 + 50.0 * torch.rand((h, w), generator=g),
+        "normals": lambda: F.normalize(torch.randn((3, h, w), generator=g), dim=0),
+        "edges": lambda: torch.rand((h, w), generator=g),
+    }
+    unknown = [t for t in tasks if t not in labels]
+    if unknown:
+        raise ValueError(f"mtwork bench: no synthetic labels for tasks {unknown} (known: {', '.join(labels)})")
+    samples = [{"image": torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8), "name": f"bench_{i}.jpg",
+                "orig_size": (h, w), **{t: labels[t]() for t in tasks}} for i in range(batch)]
     return collate(samples)
+
+
+@contextlib.contextmanager
+def _quiet_logging():
+    """Silence log records up to WARNING for a block (open_clip logs that it built random weights)."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
 
 
 def _pinned(batch: Dict[str, Any], device) -> Dict[str, Any]:
@@ -317,7 +312,7 @@ def source1_builds(params: Mapping[str, Any], arch: str, tasks: Sequence[str], b
     from mtwork.runtime import autocast
     from mtwork.train import model_config
 
-    cpu_batch = _pinned(source1_batch(tasks, batch, size), device)
+    cpu_batch = _pinned(synthetic_batch(tasks, batch, size), device)
 
     def bare(train: bool) -> Case:
         torch.manual_seed(0)
@@ -350,8 +345,8 @@ def source1_builds(params: Mapping[str, Any], arch: str, tasks: Sequence[str], b
             if "text_encoder_checkpoint" in config:
                 config["text_encoder_checkpoint"] = None  # a random text tower: the speed is the same
             torch.manual_seed(0)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the random tower's warning
+            with warnings.catch_warnings(), _quiet_logging():
+                warnings.simplefilter("ignore")  # the random text tower's warnings (ours and open_clip's)
                 model = build_multitask_model(**config).to(device)
             model.set_stage(stage)
             model.train()
@@ -414,7 +409,7 @@ def vit_builds(params: Mapping[str, Any], arch: str, input_size: Tuple[int, int]
 
     vit = params["vit"]
     tasks = tuple(vit["tasks"])
-    cpu_batch = _pinned(dense_batch(tasks, batch, input_size), device)
+    cpu_batch = _pinned(synthetic_batch(tasks, batch, input_size), device)
 
     def factory(paradigm: str) -> Callable[[], Case]:
         def build() -> Case:
