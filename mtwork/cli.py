@@ -12,6 +12,7 @@
     mtwork plan               the planned runs; --dvc writes the DVC pipeline generated from the rules
     mtwork record             commit a finished run's outputs to DVC (the Snakefile does it on success)
     mtwork score              score Scalabel detections / mask PNGs against BDD100K labels (official protocol)
+    mtwork bench              training-step, loader and MFU numbers of this machine (docs/benchmarks.md)
 
 Snakemake rules and DVC stages call these and nothing else. Imports are lazy so ``--help`` is fast.
 """
@@ -316,6 +317,12 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from mtwork.bench import main as bench_main
+
+    return bench_main(_params(args), args, sys.argv[2:] if len(sys.argv) > 1 and sys.argv[1] == "bench" else None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtwork", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="print the full traceback of every error")
@@ -474,6 +481,41 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--attr", action="append", type=_attribute_option, default=[], metavar="KEY=VALUE[,VALUE]",
                            help="score only ground-truth frames with these attributes, e.g. timeofday=night (repeatable)")
         s.set_defaults(func=cmd_score)
+
+
+    p = sub.add_parser(
+        "bench",
+        help="training-step img/s per paradigm, loader img/s per worker, peak memory, MFU (docs/benchmarks.md)",
+        description="Sections: step (source 1: every paradigm's training step against the bare timm backbone), "
+        "vit (source 2: VTAGML against full finetuning), loader (one worker's img/s from 1280x720 SynthDrive "
+        "JPEGs through BDD100KDataset + TrainTransform + collate). Defaults come from the params file; "
+        "mtwork/bench.py documents what is measured and how.",
+    )
+    _add_params(p)
+    p.add_argument("--sections", nargs="+", choices=["step", "vit", "loader"], default=["step", "vit", "loader"])
+    p.add_argument("--device", default=None, help="cpu | cuda | auto (default: train.device)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: train.threads)")
+    p.add_argument("--batch", type=int, default=None, help="step batch size (default: train.batch_size)")
+    p.add_argument("--input-size", type=int, nargs=2, default=None, metavar=("H", "W"), help="step input size (default: train.input_size)")
+    p.add_argument("--arch", default=None, help="source-1 backbone (default: model.backbone)")
+    p.add_argument("--tasks", nargs="+", default=None, help="source-1 tasks (default: train.tasks)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per model, in interleaved rounds (default: 5)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per model first (default: 2)")
+    p.add_argument("--vit-arch", default=None, help="Swin-V2 name (default: the arch of vit.source)")
+    p.add_argument("--vit-input-size", type=int, nargs=2, default=None, metavar=("H", "W"), help="default: vit.input_size")
+    p.add_argument("--vit-batch", type=int, default=None, help="default: vit.batch_size")
+    p.add_argument("--loader-size", type=int, nargs=2, action="append", default=None, metavar=("H", "W"),
+                   help="network input size of the loader benchmark; repeatable (default: 384 640 and 720 1280)")
+    p.add_argument("--loader-images", type=int, default=16, help="SynthDrive images the loader reads (default: 16)")
+    p.add_argument("--loader-image-size", type=int, nargs=2, default=[720, 1280], metavar=("H", "W"),
+                   help="their size on disk (default: BDD100K's 720 1280)")
+    p.add_argument("--loader-rounds", type=int, default=3, help="passes over the images; best and median (default: 3)")
+    p.add_argument("--loader-batch", type=int, default=None, help="batch collated by the worker (default: --batch)")
+    p.add_argument("--loader-data", type=Path, default=None,
+                   help="keep the generated images here (reused when they match) instead of a temporary folder")
+    p.add_argument("--workers", type=int, default=0, help="also time a DataLoader with this many worker processes")
+    p.add_argument("--json", type=Path, default=None, help="write the whole record (machine, date, command, numbers) here")
+    p.set_defaults(func=cmd_bench)
 
     for name, command in sub.choices.items():  # `mtwork train ... --debug` as well as `mtwork --debug train ...`
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="print the full traceback of every error")

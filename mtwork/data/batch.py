@@ -1,13 +1,14 @@
 """Collation of samples with partial labels into one batch (layout documented in mtwork.tasks.base).
 
 Sample dict produced by a dataset (after its transform):
-    image:     (3,H,W) float32, normalised with IMAGENET_MEAN/STD
+    image:     (3,H,W) uint8 RGB, not normalised (``batch_to_device`` normalises on the device)
+    image_box: (x1, y1, x2, y2) ints, pixel edges of the canvas region that holds the image; the rest
+               is padding (filled with ``IMAGE_PAD_UINT8``, the mean colour) -- optional, absent =
+               the whole canvas is image
     name:      str, image file name (e.g. "abc.jpg")
     orig_size: (H0,W0) ints, size on disk
-    valid_size:(h,w) ints, the top-left part of ``image`` that holds the letterboxed image (the rest is
-               padding); set by EvalTransform, absent = the whole image
-    semseg:    (h,w) int64 train ids, 255 ignore           -- only when the image has a seg label
-    drivable:  (h,w) int64 0/1/2, 255 ignore               -- only when labeled
+    semseg:    (h,w) uint8 train ids, 255 ignore            -- only when the image has a seg label
+    drivable:  (h,w) uint8 0/1/2, 255 ignore                -- only when labeled
     det:       {"boxes": (N,4) float32 xyxy px, "labels": (N,) int64 0..9, optionally "ignore_boxes"
                (M,4), "ignore_labels" (M,): ignore regions of those classes}  -- only when labeled
     depth:     (h,w) float32 z-depth in metres, 0 invalid                      -- only when labeled
@@ -15,12 +16,23 @@ Sample dict produced by a dataset (after its transform):
     edges:     (h,w) float32 Sobel magnitude in [0,1], -1 invalid (padding)    -- only when labeled
     camera:    (4,) float32 intrinsics (fx, fy, u0, v0) px of the label frame  -- with normals
 
-Batch key ``valid_size`` (B,2) long is present when some sample carries one (samples without take their
-image size). Evaluators map input-frame predictions back to the on-disk frame with ``dense_to_orig``
-and ``boxes_to_orig``: the one place for that geometry.
+Images and masks stay uint8 through the loader workers, collation and the host-to-device copy (4x and
+8x fewer bytes than float32 and int64); ``batch_to_device`` makes the model's input on the device:
+    image:     (B,3,H,W) float32, (x/255 - IMAGENET_MEAN) / IMAGENET_STD, exactly 0 (the mean colour)
+               outside each sample's ``image_box``
+    semseg, drivable: (B,H,W) int64
+So a collated batch on the CPU holds image (B,3,H,W) uint8, image_box (B,4) int64, and semseg/drivable
+(B,H,W) uint8; everything that feeds a model or a loss takes its batch from ``batch_to_device``.
 
-Batch keys for the dense regression tasks (always present, like the masks; padding and unlabeled
-samples hold the invalid value, so losses and metrics that look at valid pixels need no extra mask):
+``valid_size`` (B,2) long, (y2, x2) of ``image_box``: the top-left part of the input that holds the
+image. Evaluation letterboxes (EvalTransform: the image at the top-left corner, padding bottom/right),
+and evaluators map input-frame predictions back to the on-disk frame with ``dense_to_orig`` and
+``boxes_to_orig``: the one place for that geometry.
+
+Batch keys for the dense regression tasks (collated only when some sample of the batch carries the
+label, so the loader never builds maps of nothing; ``batch_to_device`` adds the missing ones filled with
+the invalid value on the device, so after it every key is present; padding and unlabeled samples hold
+the invalid value, so losses and metrics that look at valid pixels need no extra mask):
     depth:   (B,H,W) float32 metres, 0 = invalid
     normals: (B,3,H,W) float32, zero vector = invalid
     edges:   (B,H,W) float32 in [0,1], -1 = invalid
@@ -36,6 +48,9 @@ import torch.nn.functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: uint8 fill of padded image pixels: the ImageNet mean colour, rounded. Normalisation makes it exactly
+#: 0 (``image_box``), so this value only matters to whoever looks at a batch before ``batch_to_device``.
+IMAGE_PAD_UINT8 = tuple(round(255 * m) for m in IMAGENET_MEAN)
 IGNORE_INDEX = 255
 MASK_TASKS = ("semseg", "drivable")
 BOX_TASKS = ("det",)
@@ -44,8 +59,10 @@ FLOAT_TASKS = {"depth": (None, 0.0), "normals": (3, 0.0), "edges": (None, -1.0)}
 
 
 def _pad_stack(masks: List[torch.Tensor | None], shape: tuple[int, int]) -> torch.Tensor:
-    """Stack (h,w) masks into (B,H,W), padding and filling absent ones with IGNORE_INDEX."""
-    out = torch.full((len(masks), *shape), IGNORE_INDEX, dtype=torch.long)
+    """Stack (h,w) uint8 masks into (B,H,W) uint8, padding and filling absent ones with IGNORE_INDEX."""
+    if all(m is not None and tuple(m.shape) == tuple(shape) for m in masks):
+        return torch.stack(masks).to(torch.uint8)
+    out = torch.full((len(masks), *shape), IGNORE_INDEX, dtype=torch.uint8)
     for i, mask in enumerate(masks):
         if mask is not None:
             out[i, : mask.shape[0], : mask.shape[1]] = mask
@@ -53,19 +70,22 @@ def _pad_stack(masks: List[torch.Tensor | None], shape: tuple[int, int]) -> torc
 
 
 def collate(samples: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
-    """Samples -> batch; every task key is present, with ``labeled[task]`` marking real labels."""
+    """Samples -> batch with ``labeled[task]`` for every task; mask and box keys are always present,
+    dense regression keys when some sample carries the label (module docstring)."""
     if not samples:
         raise ValueError("cannot collate an empty list of samples")
     images = torch.stack([s["image"] for s in samples])
+    if images.dtype != torch.uint8:
+        raise ValueError(f"collate: sample images must be (3,H,W) uint8 (mtwork.data.batch), got {images.dtype}")
+    height, width = images.shape[-2:]
     batch: Dict[str, Any] = {
         "image": images,
+        "image_box": torch.tensor([list(s.get("image_box", (0, 0, width, height))) for s in samples], dtype=torch.long),
         "names": [s["name"] for s in samples],
         "orig_size": torch.tensor([list(s["orig_size"]) for s in samples], dtype=torch.long),
         "labeled": {},
     }
-    if any("valid_size" in s for s in samples):
-        full = list(images.shape[-2:])
-        batch["valid_size"] = torch.tensor([list(s.get("valid_size", full)) for s in samples], dtype=torch.long)
+    batch["valid_size"] = batch["image_box"][:, [3, 2]].clone()  # (y2, x2): the letterbox's image part
     for task in MASK_TASKS:
         masks = [s.get(task) for s in samples]
         present = [m for m in masks if m is not None]
@@ -78,17 +98,16 @@ def collate(samples: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     for task, (channels, fill) in FLOAT_TASKS.items():
         maps = [s.get(task) for s in samples]
         present = [m for m in maps if m is not None]
-        shape = (
-            max(m.shape[-2] for m in present) if present else images.shape[-2],
-            max(m.shape[-1] for m in present) if present else images.shape[-1],
-        )
+        batch["labeled"][task] = torch.tensor([m is not None for m in maps])
+        if not present:
+            continue  # no (B,...) float32 map of invalid values: 5 MB per 384x640 sample for nothing
+        shape = (max(m.shape[-2] for m in present), max(m.shape[-1] for m in present))
         lead = (len(samples),) if channels is None else (len(samples), channels)
         out = torch.full((*lead, *shape), fill, dtype=torch.float32)
         for i, m in enumerate(maps):
             if m is not None:
                 out[i, ..., : m.shape[-2], : m.shape[-1]] = m
         batch[task] = out
-        batch["labeled"][task] = torch.tensor([m is not None for m in maps])
     cameras = [s.get("camera") for s in samples]
     if any(c is not None for c in cameras):
         batch["camera"] = torch.stack([
@@ -107,13 +126,57 @@ def collate(samples: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     return batch
 
 
+def normalize_images(images: torch.Tensor, image_box: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 images (...,3,H,W) -> float32 (x/255 - IMAGENET_MEAN) / IMAGENET_STD, on their device.
+
+    ``image_box`` (...,4) xyxy pixel edges (as collated, or one sample's (4,)): pixels outside it are
+    padding and become exactly 0, the mean colour after normalisation (the padding rule of
+    ``mtwork.data.transforms``). None: the whole image is real.
+    """
+    if images.dtype != torch.uint8:
+        raise ValueError(f"normalize_images: expected uint8 images, got {images.dtype}")
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=images.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=images.device).view(3, 1, 1)
+    out = images.float().div_(255.0).sub_(mean).div_(std)
+    if image_box is not None:
+        height, width = out.shape[-2:]
+        box = image_box.to(out.device).reshape(*out.shape[:-3], 4)[..., None, None]
+        rows = torch.arange(height, device=out.device).view(height, 1)
+        cols = torch.arange(width, device=out.device)
+        inside = (rows >= box[..., 1, :, :]) & (rows < box[..., 3, :, :]) & (cols >= box[..., 0, :, :]) & (cols < box[..., 2, :, :])
+        out = out.masked_fill_(~inside.unsqueeze(-3), 0.0)
+    return out
+
+
 def batch_to_device(batch: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
-    """Move a collated batch's tensors (image, masks, labeled flags, det targets) to ``device``."""
+    """Move a collated batch to ``device`` and make the model's input there (layout in the module
+    docstring): uint8 images are normalised (padding outside ``image_box`` -> 0) and uint8 masks
+    become int64 after the copy, so only uint8 crosses to the device. A float image (a batch made by
+    hand, already normalised) is moved as it is."""
     out = dict(batch)
-    out["image"] = batch["image"].to(device, non_blocking=True)
-    for task in (*MASK_TASKS, *FLOAT_TASKS, "camera"):
+    image = batch["image"].to(device, non_blocking=True)
+    if image.dtype == torch.uint8:
+        box = batch.get("image_box")
+        # decided on the host copy (no device sync): most batches (evaluation) have no padding at all
+        full = box is None or bool((box.cpu() == torch.tensor([0, 0, image.shape[-1], image.shape[-2]])).all())
+        image = normalize_images(image, None if full else box.to(device, non_blocking=True))
+    out["image"] = image
+    if "image_box" in batch:
+        out["image_box"] = batch["image_box"].to(device, non_blocking=True)
+    for task in MASK_TASKS:
+        if task in batch:
+            out[task] = batch[task].to(device, non_blocking=True).long()
+    for task in (*FLOAT_TASKS, "camera"):
         if task in batch:  # tolerate batches collated before a task existed
             out[task] = batch[task].to(device, non_blocking=True)
+    for key in ("valid_size",):
+        if key in batch:
+            out[key] = batch[key].to(device, non_blocking=True)
+    height, width = image.shape[-2:]
+    for task, (channels, fill) in FLOAT_TASKS.items():
+        if task not in out:  # no sample of the batch carries it: invalid everywhere, made on the device
+            lead = (image.shape[0],) if channels is None else (image.shape[0], channels)
+            out[task] = torch.full((*lead, height, width), fill, dtype=torch.float32, device=image.device)
     out["labeled"] = {t: v.to(device) for t, v in batch["labeled"].items()}
     out["det"] = [{k: v.to(device) for k, v in t.items()} for t in batch["det"]]
     return out

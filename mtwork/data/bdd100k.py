@@ -66,6 +66,7 @@ known value for a filtered key is excluded from the filtered domain and counted
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections import Counter
@@ -234,14 +235,26 @@ def list_masks(directory: Path) -> Dict[str, Path]:
 # ---------------------------------------------------------------------------------------------
 
 
+def _lookup(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """``table[ids]`` for uint8 ids and a 256-entry uint8 table, as a read-only array.
+
+    ``bytes.translate`` walks the bytes with the table in C: 1.6x faster than ``np.take`` and 2.9x
+    faster than ``table[ids]`` on a 1280x720 mask, which both widen every id to int64 first.
+    """
+    ids = np.asarray(ids)
+    if ids.dtype != np.uint8:
+        return table[ids]
+    return np.frombuffer(ids.tobytes().translate(table.tobytes()), dtype=np.uint8).reshape(ids.shape)
+
+
 def decode_drivable(disk: np.ndarray) -> np.ndarray:
     """On-disk drivable ids (0 direct, 1 alt, 2 bg) -> training ids (0 bg, 1 direct, 2 alt), uint8."""
-    return _DRIVABLE_DECODE[disk]
+    return _lookup(_DRIVABLE_DECODE, disk)
 
 
 def encode_drivable(train_ids: np.ndarray) -> np.ndarray:
     """Training drivable ids -> on-disk ids (inverse of ``decode_drivable``), uint8."""
-    return _DRIVABLE_ENCODE[train_ids]
+    return _lookup(_DRIVABLE_ENCODE, train_ids)
 
 
 def depth_to_metres(stored: np.ndarray) -> np.ndarray:
@@ -649,11 +662,75 @@ def read_image(path: Path) -> np.ndarray:
     """RGB image -> (H,W,3) uint8; ``DatasetError`` naming the file when missing or corrupt."""
     try:
         with Image.open(path) as img:
-            return np.array(img.convert("RGB"))  # a writable copy, unlike np.asarray
+            return np.array(img if img.mode == "RGB" else img.convert("RGB"))  # a writable copy
     except FileNotFoundError:
         raise DatasetError(f"{path}: image file not found") from None
     except (OSError, SyntaxError, ValueError) as err:  # PIL reports corrupt data through these
         raise DatasetError(f"{path}: unreadable or corrupt image ({err})") from None
+
+
+#: Scale denominators libjpeg decodes to directly (DCT scaling), largest first.
+JPEG_REDUCTIONS = (8, 4, 2)
+
+
+class ImageFile:
+    """An image file read into memory, decoded on demand: at full size, or (JPEG) reduced.
+
+    ``size``: (H, W) on disk, from the header. ``decode(min_size)`` returns (h,w,3) uint8 RGB,
+    read-only: a JPEG whose sides are both divisible by r in ``JPEG_REDUCTIONS`` is decoded at 1/r
+    (libjpeg's DCT scaling, much cheaper than a full decode plus a resize) for the largest r that
+    keeps it at least ``min_size`` (H, W); otherwise at full size. Divisibility keeps a reduced image
+    exactly the full frame (reduced pixel j covers full pixels r*j .. r*j+r-1), so resizing it to a
+    target gives the target's geometry. Errors are ``DatasetError`` naming the file.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        try:
+            self._data = self.path.read_bytes()
+            with Image.open(io.BytesIO(self._data)) as img:
+                self.size: Tuple[int, int] = (img.height, img.width)
+                self.format = img.format
+        except FileNotFoundError:
+            raise DatasetError(f"{path}: image file not found") from None
+        except (OSError, SyntaxError, ValueError) as err:
+            raise DatasetError(f"{path}: unreadable or corrupt image ({err})") from None
+
+    @property
+    def shape(self) -> Tuple[int, int, int]:
+        return (*self.size, 3)
+
+    def reduction(self, min_size: Optional[Tuple[int, int]]) -> int:
+        """The r of ``decode(min_size)``: 1, or the largest JPEG reduction that keeps ``min_size``."""
+        if min_size is None or self.format != "JPEG":
+            return 1
+        height, width = self.size
+        for r in JPEG_REDUCTIONS:
+            if height % r == 0 and width % r == 0 and height // r >= min_size[0] and width // r >= min_size[1]:
+                return r
+        return 1
+
+    def decode(self, min_size: Optional[Tuple[int, int]] = None) -> np.ndarray:
+        """(H/r, W/r, 3) uint8 RGB, read-only (see the class docstring); ``min_size`` None: full size."""
+        r = self.reduction(min_size)
+        try:
+            with Image.open(io.BytesIO(self._data)) as img:
+                if r > 1:
+                    img.draft("RGB", (self.size[1] // r, self.size[0] // r))
+                img = img if img.mode == "RGB" else img.convert("RGB")
+                array = np.asarray(img)
+        except (OSError, SyntaxError, ValueError) as err:
+            raise DatasetError(f"{self.path}: unreadable or corrupt image ({err})") from None
+        if array.shape[:2] != (self.size[0] // r, self.size[1] // r):
+            raise DatasetError(f"{self.path}: decoded at {array.shape[:2]}, expected {self.size} / {r}")
+        return array
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        """``np.asarray(image_file)``: the full-size decode (for transforms that take arrays only)."""
+        array = self.decode()
+        if dtype is not None and np.dtype(dtype) != array.dtype:
+            return array.astype(dtype)
+        return array.copy() if copy else array
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -774,7 +851,9 @@ class BDD100KDataset(torch.utils.data.Dataset):
     the on-disk resolution (``mtwork.tasks.dense_labels``); transforms then resize, crop and flip them
     like the other labels (a flip negates the normals' x component), which is exact for normals since
     resizing or cropping an image does not move the 3-D scene. With a transform (see
-    ``mtwork.data.transforms``), whatever the transform returns: the ``mtwork.data.batch`` contract.
+    ``mtwork.data.transforms``), whatever the transform returns: the ``mtwork.data.batch`` contract;
+    ``get(index, generator)`` passes a per-sample generator to it, and a transform that takes encoded
+    images (``TrainTransform``) gets an ``ImageFile`` instead of the decoded array.
     """
 
     def __init__(
@@ -910,11 +989,20 @@ class BDD100KDataset(torch.utils.data.Dataset):
         sizes = {e.name: image_size(e.image) for e in self._entries if e.det is not None}
         return det_frames_to_coco(self.det_frames(), sizes)
 
-    def raw_sample(self, index: int) -> Dict[str, Any]:
-        """The sample before any transform (layout in the class docstring)."""
+    def raw_sample(self, index: int, encoded_image: bool = False) -> Dict[str, Any]:
+        """The sample before any transform (layout in the class docstring).
+
+        ``encoded_image``: leave the image undecoded, an ``ImageFile`` (for transforms that decode it
+        at a reduced size, ``TAKES_ENCODED_IMAGE``); ignored when a label derived from the pixels
+        (edges) needs the full-size image anyway.
+        """
         entry = self._entries[index]
-        image = read_image(entry.image)
-        size = image.shape[:2]
+        if encoded_image and entry.edges is None:
+            image: Any = ImageFile(entry.image)
+            size = image.size
+        else:
+            image = read_image(entry.image)
+            size = image.shape[:2]
         sample: Dict[str, Any] = {"image": image, "name": entry.name, "orig_size": tuple(size)}
         if "semseg" in self.tasks and entry.semseg is not None:
             sample["semseg"] = valid_semseg(self._mask(entry.semseg, size), entry.semseg)
@@ -960,5 +1048,13 @@ class BDD100KDataset(torch.utils.data.Dataset):
         return mask
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
-        sample = self.raw_sample(index)
-        return self.transform(sample) if self.transform is not None else sample
+        return self.get(index)
+
+    def get(self, index: int, generator: Optional[torch.Generator] = None) -> Dict[str, Any]:
+        """Sample ``index`` through the transform, which draws from ``generator`` when one is given
+        (a training engine seeding each sample's augmentation); the raw sample without a transform.
+        A transform with ``TAKES_ENCODED_IMAGE`` gets the image undecoded (``raw_sample``)."""
+        if self.transform is None:
+            return self.raw_sample(index)
+        sample = self.raw_sample(index, encoded_image=bool(getattr(self.transform, "TAKES_ENCODED_IMAGE", False)))
+        return self.transform(sample) if generator is None else self.transform(sample, generator=generator)

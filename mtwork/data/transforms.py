@@ -8,12 +8,22 @@ Input (raw sample, e.g. from ``BDD100KDataset`` without a transform)::
     det {"boxes": (N,4) float xyxy pixel edges, "labels": (N,) int, optional "ignore_boxes" (M,4),
          "ignore_labels" (M,): ignore regions, transformed like the boxes} | name | orig_size (H0,W0)
 
-Output: image (3,H,W) float32 normalised with ImageNet mean/std; semseg/drivable (h,w) int64 with
-255 = ignore; depth (h,w) float32 metres (0 = invalid); normals (3,h,w) float32 ((0,0,0) = invalid);
-edges (h,w) float32 in [0,1] (-1 = invalid, i.e. padding); camera (4,) float32 intrinsics of the
-*label* frame (h,w); det {"boxes": (N,4) float32, "labels": (N,) int64, and "ignore_boxes" (M,4)
-float32, "ignore_labels" (M,) int64 when the input has them}; name; orig_size = (H0, W0), the size on
-disk; from ``EvalTransform`` also valid_size = (h, w), the part of the input holding the image.
+``TrainTransform`` also takes an encoded image in place of the array (``TAKES_ENCODED_IMAGE``): an
+object with ``size`` (H0, W0) and ``decode(min_size) -> (h,w,3) uint8`` (``mtwork.data.bdd100k.
+ImageFile``), which it decodes at the largest JPEG reduction that still holds the resized image.
+
+Output: image (3,H,W) uint8 RGB (normalised later, on the device: ``mtwork.data.batch.
+batch_to_device``); image_box (x1, y1, x2, y2) of the real image on the canvas (TrainTransform; the rest
+is padding); semseg/drivable (h,w) uint8 with 255 = ignore; depth (h,w) float32 metres (0 = invalid);
+normals (3,h,w) float32 ((0,0,0) = invalid); edges (h,w) float32 in [0,1] (-1 = invalid, i.e.
+padding); camera (4,) float32 intrinsics of the *label* frame (h,w); det {"boxes": (N,4) float32,
+"labels": (N,) int64, and "ignore_boxes" (M,4) float32, "ignore_labels" (M,) int64 when the input has
+them}; name; orig_size = (H0, W0), the size on disk. ``EvalTransform`` letterboxes too (the image at
+the top-left corner), so its image_box is (0, 0, w, h).
+
+Resampling: images bilinearly with antialiasing (torch's uint8 kernel, PIL's filter and pixel-centre
+sampling: out pixel i <- in (i + 0.5) / scale - 0.5), masks by nearest neighbour at exactly
+floor((i + 0.5) / scale) (integer arithmetic), so masks and boxes stay on the same pixels.
 
 Dense regression labels: depth and normals are resized by nearest neighbour (a bilinear mix of a
 valid and an invalid pixel, or of two surfaces, is no surface at all), edges bilinearly (a plain
@@ -31,25 +41,27 @@ x1..x2-1 of a mask, so scaling, cropping and flipping act on boxes and masks by 
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from mtwork.data.batch import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from mtwork.data.batch import IGNORE_INDEX, IMAGE_PAD_UINT8
 
-#: Value of padded pixels per label kind (images are padded with 0 after normalisation); each is the
-#: kind's "invalid" value, so padding never counts in a loss or metric.
+#: Value of padded pixels per label kind; each is the kind's "invalid" value, so padding never counts
+#: in a loss or metric. Padded image pixels get the mean colour (``IMAGE_PAD_UINT8``), and are
+#: exactly 0 after normalisation (``image_box``, ``mtwork.data.batch.normalize_images``).
 MASK_PAD = {"semseg": IGNORE_INDEX, "drivable": IGNORE_INDEX, "depth": 0.0, "normals": 0.0, "edges": -1.0}
 #: Float label kinds and whether they are resized by nearest neighbour (else bilinear).
 FLOAT_LABELS = {"depth": True, "normals": True, "edges": False}
 #: Boxes narrower or shorter than this (pixels) after clipping are dropped with their labels.
 MIN_BOX_SIZE = 2.0
 
-_MEAN = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
-_STD = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
+_PAD_COLOUR = torch.tensor(IMAGE_PAD_UINT8, dtype=torch.uint8)
 
 
 def _check_size(size: Tuple[int, int], what: str) -> Tuple[int, int]:
@@ -63,24 +75,52 @@ def _writable(array: np.ndarray, dtype=None) -> np.ndarray:
     return np.require(array, dtype=dtype, requirements=("C", "W"))
 
 
-def normalize_image(image: np.ndarray) -> torch.Tensor:
-    """(H,W,3) uint8 -> (3,H,W) float32, (x/255 - mean) / std."""
-    tensor = torch.from_numpy(_writable(image)).permute(2, 0, 1).float().div_(255.0)
-    return (tensor - _MEAN) / _STD
+def image_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H,W,3) uint8 -> (3,H,W) uint8 tensor (contiguous: the sample contract)."""
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1)))
+
+
+def resize_image(image: np.ndarray, size_hw: Tuple[int, int]) -> torch.Tensor:
+    """(H,W,3) uint8 array -> (3,h,w) uint8 tensor, bilinear with antialiasing.
+
+    torch's vectorised uint8 kernel (3-5x faster than PIL's on one thread), with PIL's triangle filter
+    widened by the scale factor when shrinking and pixel-centre sampling. Read-only arrays (PIL hands
+    those out) are fine: the array is only read. Not necessarily contiguous.
+    """
+    if image.shape[:2] == tuple(size_hw):
+        return image_tensor(image)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch warns once about non-writable arrays
+        view = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0)  # channels-last strides, no copy
+    return F.interpolate(view, size=tuple(size_hw), mode="bilinear", align_corners=False, antialias=True)[0]
+
+
+def nearest_indices(size_in: int, size_out: int, start: int = 0, count: Optional[int] = None) -> np.ndarray:
+    """Source index of output pixels ``start .. start+count-1`` when resizing ``size_in`` -> ``size_out``
+    pixels by nearest neighbour: floor((i + 0.5) * size_in / size_out), in exact integer arithmetic
+    (float formulas round the many exact ties, e.g. every pixel at scale 1/2, either way)."""
+    count = size_out - start if count is None else count
+    i = np.arange(start, start + count, dtype=np.int64)
+    return ((2 * i + 1) * size_in) // (2 * size_out)
 
 
 def _resize(array: np.ndarray, size_hw: Tuple[int, int], nearest: bool) -> np.ndarray:
-    """Resize with PIL, which samples pixel centres: out pixel i <- in ((i + 0.5) / scale)."""
+    """Resize sampling pixel centres: out pixel i <- in ((i + 0.5) / scale); uint8 RGB images through
+    ``resize_image``, nearest neighbour by ``nearest_indices``, float maps bilinearly with PIL."""
     if array.shape[:2] == tuple(size_hw):
         return array
-    resample = Image.NEAREST if nearest else Image.BILINEAR
-    if array.ndim == 3 and array.dtype != np.uint8:
+    if nearest:
+        rows, cols = nearest_indices(array.shape[0], size_hw[0]), nearest_indices(array.shape[1], size_hw[1])
+        return np.take(np.take(array, rows, axis=0), cols, axis=1)
+    if array.ndim == 3 and array.shape[2] == 3 and array.dtype == np.uint8:
+        return resize_image(array, size_hw).permute(1, 2, 0).numpy()
+    if array.ndim == 3:
         # PIL has no multi-channel float mode: resize each channel ("F" mode), same sampling
         return np.stack([_resize(np.ascontiguousarray(array[..., c]), size_hw, nearest)
                          for c in range(array.shape[2])], axis=-1)
     if array.dtype in (np.float64, np.float16):
         array = array.astype(np.float32)
-    return np.asarray(Image.fromarray(array).resize((size_hw[1], size_hw[0]), resample))
+    return np.asarray(Image.fromarray(array).resize((size_hw[1], size_hw[0]), Image.BILINEAR))
 
 
 def _mask_tensor(task: str, mask: np.ndarray) -> torch.Tensor:
@@ -88,7 +128,7 @@ def _mask_tensor(task: str, mask: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(_writable(mask, np.float32)).permute(2, 0, 1).contiguous()
     if task in FLOAT_LABELS:
         return torch.from_numpy(_writable(mask, np.float32))
-    return torch.from_numpy(np.asarray(mask).astype(np.int64))
+    return torch.from_numpy(_writable(mask, np.uint8))  # class ids; int64 only on the device
 
 
 def _camera_tensor(camera: Any) -> torch.Tensor:
@@ -167,14 +207,23 @@ class TrainTransform:
 
     The scale is ``fit * U(scale_range)``, where ``fit`` makes the image fit inside ``size``
     (``min(H/H0, W/W0)``). A resized side larger than the target is randomly cropped; a smaller one is
-    padded at the bottom/right (masks with 255, depth with 0, the image with 0 after normalisation,
-    i.e. the mean colour). Images are resized bilinearly, masks by nearest neighbour. Boxes are
-    scaled, shifted, clipped and flipped with the same formulas; those under ``MIN_BOX_SIZE`` px wide
-    or tall afterwards are dropped with their labels.
+    padded at the bottom/right (masks with 255, depth with 0, the image with the mean colour, which is
+    exactly 0 after normalisation: the output's ``image_box`` marks the real pixels, then flipped with
+    the canvas). Images are resized bilinearly, masks by nearest neighbour. Boxes are scaled, shifted,
+    clipped and flipped with the same formulas; those under ``MIN_BOX_SIZE`` px wide or tall afterwards
+    are dropped with their labels.
+
+    The image may come encoded (see the module docstring): it is then decoded at the largest JPEG
+    reduction (1/2, 1/4, 1/8) that is still at least the drawn resized size, so a reduced decode is
+    only ever shrunk further, never enlarged. Only the image is resized over the whole frame; masks
+    are sampled on the crop window alone.
 
     ``generator``: a seeded ``torch.Generator`` for reproducible draws; None uses torch's global RNG
     (which DataLoader seeds per worker).
     """
+
+    #: Datasets may hand this transform an encoded image (``mtwork.data.bdd100k.ImageFile``).
+    TAKES_ENCODED_IMAGE = True
 
     def __init__(
         self,
@@ -222,33 +271,40 @@ class TrainTransform:
 
     def apply(self, sample: Dict[str, Any], params: AugParams) -> Dict[str, Any]:
         """Apply one fixed draw (deterministic; the tests hand-work cases through this)."""
-        image = np.asarray(sample["image"])
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(
-                f"TrainTransform: sample '{sample.get('name')}' image must be (H,W,3) uint8, "
-                f"got {image.shape} {image.dtype}"
-            )
-        h0, w0 = image.shape[:2]
+        h0, w0 = _image_size(sample)
         out_h, out_w = self.size
         rh, rw = params.resized
         y0, x0 = params.crop
         # Region of the resized image that lands on the canvas (the rest of the canvas is padding).
         ch, cw = min(out_h, rh - y0), min(out_w, rw - x0)
+        # The canvas columns the region lands on: [0, cw), or [out_w - cw, out_w) once flipped.
+        cx = out_w - cw if params.flip else 0
+        rows, cols = nearest_indices(h0, rh, y0, ch), nearest_indices(w0, rw, x0, cw)
+        if params.flip:
+            cols = cols[::-1]
 
         def place(array: np.ndarray, fill: Any, nearest: bool) -> np.ndarray:
-            resized = _resize(array, (rh, rw), nearest)
-            canvas = np.full((out_h, out_w) + array.shape[2:], fill, dtype=array.dtype)
-            canvas[:ch, :cw] = resized[y0 : y0 + ch, x0 : x0 + cw]
-            return canvas[:, ::-1] if params.flip else canvas
+            if nearest:  # sample the crop window only
+                window = np.take(np.take(array, rows, axis=0), cols, axis=1)
+            else:
+                window = _resize(array, (rh, rw), nearest=False)[y0 : y0 + ch, x0 : x0 + cw]
+                window = window[:, ::-1] if params.flip else window
+            if (ch, cw) == (out_h, out_w):
+                return window
+            canvas = np.empty((out_h, out_w) + array.shape[2:], dtype=array.dtype)
+            canvas[...] = fill
+            canvas[:ch, cx : cx + cw] = window
+            return canvas
 
         out: Dict[str, Any] = {"name": sample["name"], "orig_size": (h0, w0)}
-        img = normalize_image(place(image, 0, nearest=False))
-        img[:, ch:, :] = 0.0  # padding is 0 *after* normalisation
-        if params.flip:
-            img[:, :, : out_w - cw] = 0.0
+        window = resize_image(_decoded_image(sample, (rh, rw)), (rh, rw))[:, y0 : y0 + ch, x0 : x0 + cw]
+        window = window.flip(-1) if params.flip else window
+        if (ch, cw) == (out_h, out_w):
+            out["image"] = window.contiguous()
         else:
-            img[:, :, cw:] = 0.0
-        out["image"] = img
+            out["image"] = _PAD_COLOUR.view(3, 1, 1).repeat(1, out_h, out_w)
+            out["image"][:, :ch, cx : cx + cw] = window
+        out["image_box"] = (cx, 0, cx + cw, ch)
 
         for task, fill in MASK_PAD.items():
             if task in sample:
@@ -287,21 +343,45 @@ class TrainTransform:
         return out
 
     def __call__(self, sample: Dict[str, Any], generator: Optional[torch.Generator] = None) -> Dict[str, Any]:
-        image = np.asarray(sample["image"])
-        return self.apply(sample, self.sample_params(image.shape[:2], generator))
+        return self.apply(sample, self.sample_params(_image_size(sample), generator))
+
+
+def _is_encoded(image: Any) -> bool:
+    return not isinstance(image, np.ndarray) and callable(getattr(image, "decode", None))
+
+
+def _image_size(sample: Dict[str, Any]) -> Tuple[int, int]:
+    """(H0, W0) of a raw sample's image, array or encoded; checks an array's layout."""
+    image = sample["image"]
+    if _is_encoded(image):
+        return tuple(image.size)
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(
+            f"TrainTransform: sample '{sample.get('name')}' image must be (H,W,3) uint8, got {image.shape} {image.dtype}"
+        )
+    return image.shape[:2]
+
+
+def _decoded_image(sample: Dict[str, Any], min_size: Tuple[int, int]) -> np.ndarray:
+    """The raw sample's image as (h,w,3) uint8: encoded ones decoded at least ``min_size`` (H, W) large,
+    still spanning the whole frame (so resizing it to the target gives the same geometry)."""
+    image = sample["image"]
+    return image.decode(min_size) if _is_encoded(image) else np.asarray(image)
 
 
 class EvalTransform:
-    """Letterbox the image into ``size`` like training, without randomness; labels stay on disk's frame.
+    """Letterbox the image into ``size`` like training, without randomness (uint8, normalised on the
+    device); labels stay on disk's frame.
 
-    The image is scaled by ``fit = min(H/H0, W/W0)`` (bilinear) to ``valid_size`` = (h, w) =
-    ``letterbox_size``, placed at the top-left of an (H, W) canvas and padded at the bottom/right with 0
-    after normalisation (the mean colour), exactly as ``TrainTransform`` with scale factor 1 and no crop
-    or flip. Masks, dense maps and boxes keep the on-disk resolution (``orig_size``): evaluators map
-    predictions back to it and score there, as the official evaluation does; the sample carries
-    ``valid_size`` so that they can (``mtwork.data.batch.dense_to_orig`` / ``boxes_to_orig``: take the
-    valid region and resize it to orig_size; divide boxes by valid/orig per axis). ``size=None`` keeps
-    the image size (valid_size = orig_size).
+    The image is scaled by ``fit = min(H/H0, W/W0)`` (bilinear) to (h, w) = ``letterbox_size``, placed
+    at the top-left of an (H, W) canvas and padded at the bottom/right with the mean colour (0 after
+    normalisation), exactly as ``TrainTransform`` with scale factor 1 and no crop or flip. Masks, dense
+    maps and boxes keep the on-disk resolution (``orig_size``): evaluators map predictions back to it
+    and score there, as the official evaluation does; the sample's ``image_box`` = (0, 0, w, h) (the
+    batch's ``valid_size`` = (h, w)) tells them where the image is (``mtwork.data.batch.dense_to_orig`` /
+    ``boxes_to_orig``: take that region and resize it to orig_size; divide boxes by (h, w)/orig per
+    axis). ``size=None`` keeps the image size.
     """
 
     def __init__(self, size: Optional[Tuple[int, int]]):
@@ -311,16 +391,17 @@ class EvalTransform:
         image = np.asarray(sample["image"])
         h0, w0 = image.shape[:2]
         valid = (h0, w0) if self.size is None else letterbox_size((h0, w0), self.size)
-        canvas = normalize_image(_resize(image, valid, nearest=False))
+        canvas = resize_image(image, valid) if valid != (h0, w0) else image_tensor(image)
         if self.size is not None and valid != self.size:
-            padded = canvas.new_zeros((3, *self.size))
+            # padding: the mean colour, which batch_to_device's normalisation makes exactly 0 (image_box)
+            padded = torch.tensor(IMAGE_PAD_UINT8, dtype=torch.uint8).view(3, 1, 1).repeat(1, *self.size)
             padded[:, : valid[0], : valid[1]] = canvas
             canvas = padded
         out: Dict[str, Any] = {
             "image": canvas,
+            "image_box": (0, 0, valid[1], valid[0]),
             "name": sample["name"],
             "orig_size": (h0, w0),
-            "valid_size": valid,
         }
         for task in MASK_PAD:
             if task in sample:

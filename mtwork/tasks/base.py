@@ -4,8 +4,9 @@ A task owns one head builder, one loss, one evaluator and the direction of each 
 Samples may carry labels for only some tasks; ``batch["labeled"][task]`` says which, and losses
 and evaluators skip the rest.
 
-Batch layout (see ``mtwork.data.batch.collate``):
-    image:    (B,3,H,W) float, normalised with ImageNet mean/std
+Batch layout, as heads, losses and evaluators get it from ``mtwork.data.batch.batch_to_device`` (the
+collated batch on the CPU holds the image and the masks as uint8; see ``mtwork.data.batch``):
+    image:    (B,3,H,W) float, normalised with ImageNet mean/std (padding = 0, the mean colour)
     names:    list[str] of B image file names
     labeled:  {task: (B,) bool}
     semseg:   (B,H,W) long, train ids 0..18, 255 = ignore/unlabeled

@@ -349,3 +349,91 @@ def test_synthdrive_domains_are_attribute_domains(synthdrive_tiny):
     assert all(ds.attributes_of(i)["scene"] in ("city street", "residential", "highway") for i in range(len(ds)))
     with pytest.raises(DatasetError, match="night"):
         BDD100KDataset(synthdrive_tiny, "val", attributes={"timeofday": "night"})
+
+
+def _jpeg(path, image, quality=95):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path, quality=quality)
+    return path
+
+
+def test_image_file_decodes_at_the_largest_reduction_that_holds_the_target(tmp_path):
+    from PIL import Image
+
+    from mtwork.data.bdd100k import ImageFile
+
+    image = np.zeros((64, 112, 3), np.uint8)
+    image[16:48, 32:96] = 255
+    jpeg = ImageFile(_jpeg(tmp_path / "a.jpg", image))
+    assert jpeg.size == (64, 112) and jpeg.shape == (64, 112, 3)
+    # 64x112 halves to 32x56, quarters to 16x28, eighths to 8x14: the smallest one still >= the target
+    assert [jpeg.reduction(s) for s in [(32, 56), (30, 50), (16, 28), (9, 14), (8, 14), (33, 56), (32, 57)]] == [2, 2, 4, 4, 8, 1, 1]
+    assert jpeg.reduction(None) == 1 and jpeg.decode().shape == (64, 112, 3)
+    half = jpeg.decode((32, 56))
+    assert half.shape == (32, 56, 3) and half.dtype == np.uint8
+    # the reduced decode spans the whole frame: the white box lands on half its pixel edges
+    rows, cols = np.nonzero(half[..., 0] > 127)
+    assert (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1) == (8, 24, 16, 48)
+    np.testing.assert_array_equal(np.asarray(jpeg), jpeg.decode())  # array-taking code sees the full image
+    # sides not divisible by the reduction, or another format: always full size
+    assert ImageFile(_jpeg(tmp_path / "odd.jpg", image[:63])).reduction((8, 14)) == 1
+    Image.fromarray(image).save(tmp_path / "b.png")
+    assert ImageFile(tmp_path / "b.png").reduction((8, 14)) == 1
+
+
+def test_image_file_errors_name_the_file(tmp_path):
+    from mtwork.data.bdd100k import ImageFile
+
+    with pytest.raises(DatasetError, match="missing.jpg: image file not found"):
+        ImageFile(tmp_path / "missing.jpg")
+    (tmp_path / "junk.jpg").write_bytes(b"not an image")
+    with pytest.raises(DatasetError, match="junk.jpg"):
+        ImageFile(tmp_path / "junk.jpg")
+    data = _jpeg(tmp_path / "cut.jpg", np.full((64, 112, 3), 90, np.uint8)).read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])  # header intact, scan data cut
+    with pytest.raises(DatasetError, match="cut.jpg"):
+        ImageFile(tmp_path / "cut.jpg").decode((32, 56))
+
+
+def test_train_transform_reads_the_encoded_image_like_the_decoded_one(synthdrive_tiny):
+    from mtwork.data.bdd100k import ImageFile
+    from mtwork.data.transforms import TrainTransform
+
+    # 64x112 images to 24x48: every draw (scale 0.3-0.47) takes the 1/2 JPEG decode
+    ds = BDD100KDataset(synthdrive_tiny, "train", transform=TrainTransform((24, 48)))
+    assert isinstance(ds.raw_sample(0, encoded_image=True)["image"], ImageFile)
+    assert isinstance(BDD100KDataset(synthdrive_tiny, "train", tasks=("semseg", "edges")).raw_sample(0, encoded_image=True)["image"], np.ndarray)
+    for i in range(len(ds)):
+        fast = ds.get(i, generator=torch.Generator().manual_seed(i))
+        full = ds.transform(ds.raw_sample(i), generator=torch.Generator().manual_seed(i))
+        assert fast.keys() == full.keys() and fast["image_box"] == full["image_box"]
+        for key in ("semseg", "drivable"):
+            if key in full:
+                assert torch.equal(fast[key], full[key])
+        if "det" in full:
+            assert torch.equal(fast["det"]["boxes"], full["det"]["boxes"])
+        # the same frame, decoded by libjpeg's DCT scaling instead of a full decode and a triangle
+        # filter: a little sharper, 1-3 grey levels apart on average on these images
+        diff = (fast["image"].float() - full["image"].float()).abs()
+        assert fast["image"].dtype == torch.uint8 and diff.mean() < 4.0
+    assert ds[0]["image"].shape == (3, 24, 48)  # __getitem__ takes the same path
+
+
+def test_collate_leaves_out_dense_labels_no_sample_carries(synthdrive_tiny):
+    from mtwork.data.batch import batch_to_device
+    from mtwork.data.transforms import TrainTransform
+
+    ds = BDD100KDataset(synthdrive_tiny, "train", tasks=("semseg", "drivable", "det"),
+                        transform=TrainTransform((48, 96), generator=torch.Generator().manual_seed(0)))
+    batch = collate([ds[i] for i in range(4)])
+    assert batch["image"].dtype == torch.uint8 and batch["semseg"].dtype == torch.uint8
+    assert batch["image_box"].shape == (4, 4)
+    for task in ("depth", "normals", "edges"):
+        assert task not in batch and not batch["labeled"][task].any()
+    on_device = batch_to_device(batch, torch.device("cpu"))
+    assert on_device["image"].dtype == torch.float32 and on_device["drivable"].dtype == torch.int64
+    # after batch_to_device every dense key is there, invalid everywhere (made on the device)
+    assert (on_device["depth"] == 0).all() and on_device["depth"].shape == (4, 48, 96)
+    assert (on_device["edges"] == -1).all() and on_device["normals"].shape == (4, 3, 48, 96)

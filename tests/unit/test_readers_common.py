@@ -12,7 +12,7 @@ from PIL import Image
 
 import dense_layouts as dl
 from mtwork.cli import main
-from mtwork.data.batch import collate
+from mtwork.data.batch import batch_to_device, collate
 from mtwork.data.dense import ReaderError, read_png
 from mtwork.data.label_spaces import LABEL_SPACES, get_label_space, markdown_table
 from mtwork.data.registry import create_dataset, dataset_names, get_reader
@@ -61,7 +61,9 @@ def test_transforms_and_collate_work_unchanged(roots, name):
     batch = collate([train[i] for i in range(len(train))])
     assert batch["image"].shape == (len(train), 3, 8, 8)
     assert batch["labeled"]["semseg"].all() and batch["labeled"]["depth"].all() and batch["labeled"]["edges"].all()
-    assert batch["semseg"].dtype == torch.long and batch["depth"].shape[1:] == (8, 8)
+    assert batch["semseg"].dtype == torch.uint8 and batch["depth"].shape[1:] == (8, 8)  # the loader's contract
+    on_device = batch_to_device(batch, torch.device("cpu"))  # what losses and metrics read
+    assert on_device["semseg"].dtype == torch.long and on_device["image"].dtype == torch.float32
     evaluation = create_dataset(name, roots[name], SPLIT[name], tasks=("depth",), transform=EvalTransform((8, 8)))
     sample = evaluation[0]
     assert set(sample) >= {"image", "depth", "name", "orig_size"} and "semseg" not in sample

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from mtwork.data.batch import IMAGENET_MEAN, IMAGENET_STD, boxes_to_orig, collate, dense_to_orig
-from mtwork.data.transforms import AugParams, EvalTransform, TrainTransform, letterbox_size, normalize_image
+from mtwork.data.batch import (IMAGE_PAD_UINT8, IMAGENET_MEAN, IMAGENET_STD, batch_to_device, boxes_to_orig,
+                               collate, dense_to_orig, normalize_images)
+from mtwork.data.transforms import AugParams, EvalTransform, TrainTransform, letterbox_size
 
 H, W = 64, 112
 
@@ -33,6 +34,12 @@ def _sample(with_depth: bool = False):
     return sample
 
 
+def _normalised(out):
+    """The sample's image as the model sees it: normalised, padding outside image_box set to 0."""
+    box = torch.tensor(out["image_box"]) if "image_box" in out else None
+    return normalize_images(out["image"], box)
+
+
 def _extent(mask: torch.Tensor, value: int):
     ys, xs = torch.nonzero(mask == value, as_tuple=True)
     return xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1  # pixel edges
@@ -46,8 +53,9 @@ def test_flip_after_half_scale_keeps_box_and_mask_aligned():
     assert _extent(out["semseg"], 13) == (36, 5, 46, 10)
     assert _extent(out["drivable"], 1) == (36, 5, 46, 10)
     red = (1.0 - IMAGENET_MEAN[0]) / IMAGENET_STD[0]
-    assert out["image"][0, 7, 40].item() == pytest.approx(red, abs=0.05)  # inside the car
-    assert out["image"][0, 7, 20].item() < 0  # outside: black
+    image = _normalised(out)
+    assert image[0, 7, 40].item() == pytest.approx(red, abs=0.05)  # inside the car
+    assert image[0, 7, 20].item() < 0  # outside: black
     # The sign box (0..3 px wide) becomes 1.5 px wide at half scale: dropped with its label.
     assert out["det"]["labels"].tolist() == [2]
 
@@ -68,12 +76,17 @@ def test_padding_uses_ignore_for_masks_and_zero_for_the_normalised_image():
     assert (out["semseg"][32:] == 255).all() and (out["semseg"][:, 56:] == 255).all()
     assert (out["drivable"][:32, :56] != 255).all()
     assert (out["depth"][32:] == 0).all() and out["depth"][0, 0].item() == 7.5
-    assert (out["image"][:, 32:] == 0).all() and (out["image"][:, :, 56:] == 0).all()
-    assert out["image"][0, 0, 0].item() == pytest.approx(-IMAGENET_MEAN[0] / IMAGENET_STD[0], abs=1e-5)
+    # The image is padded with the mean colour: uint8 in the sample, exactly 0 once normalised.
+    assert out["image_box"] == (0, 0, 56, 32)
+    assert (out["image"][:, 32:] == torch.tensor(IMAGE_PAD_UINT8, dtype=torch.uint8).view(3, 1, 1)).all()
+    image = _normalised(out)
+    assert (image[:, 32:] == 0).all() and (image[:, :, 56:] == 0).all()
+    assert image[0, 0, 0].item() == pytest.approx(-IMAGENET_MEAN[0] / IMAGENET_STD[0], abs=1e-5)
     assert out["det"]["boxes"][0].tolist() == [10.0, 5.0, 20.0, 10.0]
     # Flipped, the padding moves to the left and the box follows the content.
     out = t.apply(_sample(), AugParams(scale=0.5, resized=(32, 56), crop=(0, 0), flip=True))
-    assert (out["image"][:, :, :56] == 0).all() and (out["semseg"][:, :56] == 255).all()
+    assert out["image_box"] == (56, 0, 112, 32)
+    assert (_normalised(out)[:, :, :56] == 0).all() and (out["semseg"][:, :56] == 255).all()
     assert out["det"]["boxes"][0].tolist() == [92.0, 5.0, 102.0, 10.0]
     assert _extent(out["semseg"], 13) == (92, 5, 102, 10)
 
@@ -96,8 +109,8 @@ def test_random_transform_keeps_box_on_the_mask_rectangle():
     t = TrainTransform((48, 80), scale_range=(1.0, 2.0), generator=torch.Generator().manual_seed(3))
     for _ in range(10):
         out = t(_sample())
-        assert out["image"].dtype == torch.float32 and out["image"].shape == (3, 48, 80)
-        assert out["semseg"].dtype == torch.int64 and out["det"]["labels"].dtype == torch.int64
+        assert out["image"].dtype == torch.uint8 and out["image"].shape == (3, 48, 80)
+        assert out["semseg"].dtype == torch.uint8 and out["det"]["labels"].dtype == torch.int64
         assert out["orig_size"] == (H, W)
         cars = out["det"]["labels"] == 2
         if (out["semseg"] == 13).any() and cars.any():
@@ -109,15 +122,20 @@ def test_random_transform_keeps_box_on_the_mask_rectangle():
 
 def test_eval_transform_resizes_only_the_image():
     out = EvalTransform((32, 56))(_sample())
-    assert out["image"].shape == (3, 32, 56) and out["orig_size"] == (H, W) and out["valid_size"] == (32, 56)
-    assert out["semseg"].shape == (H, W) and out["semseg"].dtype == torch.int64
+    assert out["image"].shape == (3, 32, 56) and out["orig_size"] == (H, W) and out["image_box"] == (0, 0, 56, 32)
+    assert out["semseg"].shape == (H, W) and out["semseg"].dtype == torch.uint8
     assert out["det"]["boxes"].tolist() == [[20, 10, 40, 20], [0, 30, 3, 50]]
     # The red car, halved: thresholding the red channel at mid-grey gives the halved box exactly.
+    image = _normalised(out)
     mid = (0.5 - IMAGENET_MEAN[0]) / IMAGENET_STD[0]
-    assert _extent(out["image"][0] > mid, True) == (10, 5, 20, 10)
-    assert out["image"][0, 7, 15].item() == pytest.approx(normalize_image(np.full((1, 1, 3), (255, 0, 0), np.uint8))[0, 0, 0].item(), abs=0.02)
+    assert _extent(image[0] > mid, True) == (10, 5, 20, 10)
+    assert image[0, 7, 15].item() == pytest.approx((1.0 - IMAGENET_MEAN[0]) / IMAGENET_STD[0], abs=0.02)
     batch = collate([out, EvalTransform((32, 56))({k: v for k, v in _sample().items() if k != "semseg"})])
     assert batch["labeled"]["semseg"].tolist() == [True, False] and (batch["semseg"][1] == 255).all()
+    # on the device: int64 class ids, the image normalised; no padding, so nothing is zeroed
+    on_device = batch_to_device(batch, torch.device("cpu"))
+    assert on_device["semseg"].dtype == torch.int64 and torch.equal(on_device["semseg"][0], out["semseg"].long())
+    torch.testing.assert_close(on_device["image"][0], image)
 
 
 def test_bad_arguments_are_rejected():
@@ -169,7 +187,10 @@ def test_eval_letterboxes_like_training_and_predictions_map_back_exactly():
     out = EvalTransform((32, 80))(_sample())
     train = TrainTransform((32, 80)).apply(_sample(), AugParams(scale=0.5, resized=(32, 56), crop=(0, 0), flip=False))
     torch.testing.assert_close(out["image"], train["image"])  # the same pixels the network trained on
-    assert out["valid_size"] == (32, 56) and (out["image"][:, :, 56:] == 0).all()
+    assert out["image_box"] == (0, 0, 56, 32)
+    pad = torch.tensor(IMAGE_PAD_UINT8, dtype=torch.uint8).view(3, 1, 1)
+    assert (out["image"][:, :, 56:] == pad).all()  # the mean colour: exactly 0 once normalised
+    assert (batch_to_device(collate([out]), torch.device("cpu"))["image"][0, :, :, 56:] == 0).all()
     assert out["semseg"].shape == (H, W)  # labels stay on disk's frame
 
     batch = collate([out])
@@ -196,10 +217,10 @@ def test_eval_letterbox_pads_the_bottom_of_a_tall_image_and_no_size_keeps_it():
               for k, v in _sample().items() if k not in ("det", "drivable")}
     sample["orig_size"] = (W, H)
     out = EvalTransform((32, 56))(sample)  # 112x64 into 32x56: scale 32/112, valid 32x18
-    assert out["valid_size"] == (32, round(64 * 32 / 112)) == (32, 18)
-    assert (out["image"][:, :, 18:] == 0).all()
+    assert out["image_box"] == (0, 0, 18, 32) and round(64 * 32 / 112) == 18
+    assert (out["image"][:, :, 18:] == torch.tensor(IMAGE_PAD_UINT8, dtype=torch.uint8).view(3, 1, 1)).all()
     same = EvalTransform(None)(_sample())
-    assert same["valid_size"] == (H, W) and same["image"].shape == (3, H, W)
+    assert same["image_box"] == (0, 0, W, H) and same["image"].shape == (3, H, W)
 
 
 def test_ignore_regions_follow_the_boxes_through_the_transforms():
@@ -214,3 +235,49 @@ def test_ignore_regions_follow_the_boxes_through_the_transforms():
     assert ev["det"]["ignore_boxes"].tolist() == [[60.0, 0.0, 80.0, 20.0]]  # on-disk frame
     assert "ignore_boxes" not in TrainTransform((32, 56)).apply(
         _sample(), AugParams(scale=0.5, resized=(32, 56), crop=(0, 0), flip=False))["det"]
+
+
+@pytest.mark.parametrize("src,dst", [((64, 112), (32, 56)), ((64, 112), (41, 77)), ((72, 128), (90, 160)), ((60, 100), (60, 37))])
+def test_image_resize_matches_pil_bilinear(src, dst):
+    from PIL import Image
+
+    from mtwork.data.transforms import resize_image
+
+    image = np.random.default_rng(0).integers(0, 256, (*src, 3), dtype=np.uint8)
+    reference = np.asarray(Image.fromarray(image).resize(dst[::-1], Image.BILINEAR)).astype(int)
+    out = resize_image(image, dst)
+    assert out.dtype == torch.uint8 and out.shape == (3, *dst)
+    # the same filter and sampling; the two fixed-point implementations round apart by a level or two
+    diff = np.abs(out.permute(1, 2, 0).numpy().astype(int) - reference)
+    assert diff.max() <= 2 and diff.mean() < 0.1
+
+
+def test_nearest_indices_sample_pixel_centres_exactly():
+    from mtwork.data.transforms import nearest_indices
+
+    # out pixel i <- in floor((i + 0.5) * n_in / n_out)
+    assert nearest_indices(4, 2).tolist() == [1, 3]  # 1.0, 3.0: exact ties, not 0.999...
+    assert nearest_indices(3, 2).tolist() == [0, 2]  # 0.75, 2.25
+    assert nearest_indices(2, 5).tolist() == [0, 0, 1, 1, 1]  # 0.2, 0.6, 1.0, 1.4, 1.8
+    assert nearest_indices(720, 450, start=2, count=3).tolist() == [4, 5, 7]  # 4.0, 5.6, 7.2
+    assert nearest_indices(10, 10).tolist() == list(range(10))
+
+
+def test_batch_to_device_normalises_and_zeroes_the_padding():
+    t = TrainTransform((64, 112))
+    padded = t.apply(_sample(), AugParams(scale=0.5, resized=(32, 56), crop=(0, 0), flip=True))
+    full = t.apply(_sample(), AugParams(scale=1.0, resized=(64, 112), crop=(0, 0), flip=False))
+    batch = collate([padded, full])
+    assert batch["image"].dtype == torch.uint8 and batch["image_box"].tolist() == [[56, 0, 112, 32], [0, 0, 112, 64]]
+    image = batch_to_device(batch, torch.device("cpu"))["image"]
+    assert image.dtype == torch.float32
+    # sample 0: image in columns 56.. of rows ..32, the mean colour (exactly 0) elsewhere
+    assert (image[0, :, 32:] == 0).all() and (image[0, :, :, :56] == 0).all()
+    black = torch.tensor([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)])
+    torch.testing.assert_close(image[0, :, 0, 56], black)  # top-left of the (flipped) content: black
+    torch.testing.assert_close(image[1, :, 0, 0], black)  # no padding in sample 1
+    red = torch.tensor([(1 - IMAGENET_MEAN[0]) / IMAGENET_STD[0], -IMAGENET_MEAN[1] / IMAGENET_STD[1],
+                        -IMAGENET_MEAN[2] / IMAGENET_STD[2]])
+    torch.testing.assert_close(image[1, :, 15, 30], red)  # inside the car
+    with pytest.raises(ValueError, match="uint8"):
+        collate([{**full, "image": full["image"].float()}])
