@@ -300,3 +300,20 @@ def test_latex_has_no_raw_symbols(study):
     tex = (tmp_path / "tables" / "vit_mtl.tex").read_text()
     assert r"Depth $\delta$\textless{}1.25 $\uparrow$" in tex and r"Normals mean $^\circ$ $\downarrow$" in tex
     assert tex.count(r"\midrule") == 2  # after the header, and between the S-D and S-D-N-E groups
+
+
+def test_params_table_shows_both_readings_of_adapted_block_training(study):
+    """A VTAGML run records its trainable parameters under both settings of vit.adapted_block_training
+    (the same model counted twice): both appear in the parameter table, '–' for the baselines."""
+    tmp_path, metrics_dir, runs_dir = study
+    for path in metrics_dir.glob("*__vtagml__semseg-depth-normals-edges__s*.json"):
+        rec = json.loads(path.read_text())
+        rec["train"]["parameter_budget"] = {"frozen": 2_000_000, "full": 9_500_000}
+        path.write_text(json.dumps(rec))
+    _write(tmp_path, metrics_dir, runs_dir)
+    rows = {k[1]: v for k, v in _md_rows(tmp_path / "tables" / "vit_params.md").items()}
+    vtagml = rows["VTAGML (TAA+TSN+TROA)"]
+    assert vtagml["Trainable, adapted blocks frozen"].strip("*<u>/") == "2.00 M"
+    assert vtagml["Trainable, adapted blocks trained (released code)"].strip("*<u>/") == "9.50 M"
+    assert rows["Full finetuning"]["Trainable, adapted blocks frozen"] == "–"
+    assert "as the released code" in (tmp_path / "tables" / "vit_params.md").read_text()
