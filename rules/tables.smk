@@ -6,7 +6,7 @@ rule tables:
         mtl=[str(plan.metrics_path(run.id, plan.PROTOCOL_MTL)) for run in RUNS],
         dg=[str(plan.metrics_path(run.id, plan.PROTOCOL_DG, domain)) for domain in DG_DOMAINS for run in RUNS],
         logs=[run_file(run.id, RUN_LOG) for run in RUNS],
-        vit=[str(plan.vit_metrics_path(run.id)) for run in VIT_RUNS],
+        vit=VIT_METRICS,
         vit_logs=[str(plan.run_dir(run.id) / RUN_LOG) for run in VIT_RUNS],
     output:
         tables=directory(TABLES_DIR),

@@ -60,7 +60,8 @@ def _edit_params(wf: Path, edit) -> None:
 
 def small_plan(wf: Path) -> None:
     """Shrink the plan of a workflow copy so that tests that run every job through the stand-in
-    mtwork stay fast: 3 sources x 3 paradigms, 1 seed, 3 ViT runs."""
+    mtwork stay fast: 3 sources x 3 paradigms, 1 seed, 7 ViT runs (2 single-task, VTAGML, its zero-shot
+    and UDA runs, 2 target oracles)."""
 
     def edit(params):
         params["checkpoints"]["sources"] = ["random", "moco_v2", "clip_tiny"]
@@ -69,6 +70,9 @@ def small_plan(wf: Path) -> None:
         params["vit"]["tasks"] = ["semseg", "depth"]
         params["vit"]["task_subsets"] = []
         params["vit"]["paradigms"] = ["vtagml"]
+        # one zero-shot and one UDA run (and the target oracles): every kind of source-2 job
+        params["vit"]["zero_shot"].update(finetune_tasks=["semseg"], paradigms=["vtagml"])
+        params["vit"]["uda"].update(paradigms=["vtagml"])
 
     _edit_params(wf, edit)
 
