@@ -373,7 +373,7 @@ def _check_semantics(p: Dict[str, Any]) -> None:
                 f"'checkpoints.catalog.{source}.path' is null: at paper scale every source needs its upstream file"
             )
     clip_source = p["model"]["lv"]["clip_source"]
-    if "pretrain_adapt_finetune_lv" in train["paradigms"]:
+    if "pretrain_adapt_finetune_lv" in train["paradigms"] and ckpt["sources"]:  # no source: no source-1 run
         if clip_source not in ckpt["catalog"] or ckpt["catalog"][clip_source]["format"] != "open_clip":
             raise ParamsError(f"'model.lv.clip_source' = '{clip_source}' must be a checkpoints.catalog entry of format open_clip")
         if p["scale"] == "paper" and not ckpt["catalog"][clip_source].get("path"):

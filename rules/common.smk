@@ -298,14 +298,18 @@ def dg_args(wildcards, input):
     )
 
 
-def parent_dir(name, levels=1):
-    """A params function: the directory `levels` up from the first file of input `name`."""
+def parent_dir(name, levels=1, *fallbacks):
+    """A params function: the directory `levels` up from the first file of input `name`; when that input
+    is empty (e.g. no source-1 run), of the first non-empty `(name, levels)` of `fallbacks`."""
 
     def get(wildcards, input):
-        path = Path(input[name][0])
-        for _ in range(levels):
-            path = path.parent
-        return str(path)
+        for key, up in ((name, levels), *fallbacks):
+            if input[key]:
+                path = Path(input[key][0])
+                for _ in range(up):
+                    path = path.parent
+                return str(path)
+        raise ValueError(f"no input file in {[name, *(k for k, _ in fallbacks)]} to take a folder from")
 
     return get
 

@@ -16,8 +16,8 @@ rule tables:
     params:
         args=MTWORK_ARGS,
         settings=rule_params("tables"),
-        metrics_dir=parent_dir("mtl"),  # results/metrics
-        runs_dir=parent_dir("logs", levels=2),  # models/runs
+        metrics_dir=parent_dir("mtl", 1, ("vit", 2)),  # results/metrics (vit: the first is vit/<run>.json)
+        runs_dir=parent_dir("logs", 2, ("vit_logs", 2)),  # models/runs
     conda:
         CONDA_ENV
     shell:
