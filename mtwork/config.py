@@ -504,6 +504,8 @@ def _check_vit_protocols(p: Dict[str, Any]) -> None:
         if not spec["enabled"] or not spec["paradigms"]:
             continue
         target = spec["target_domain"]
+        if "__" in target:  # run ids separate their fields with "__"
+            raise ParamsError(f"'{key}.target_domain' = {target!r}: a transfer target's name cannot contain '__'")
         if target not in domains:
             raise ParamsError(f"'{key}.target_domain': domain {target!r} is not in data.domains (known: {', '.join(domains)})")
         if target == source:

@@ -1,7 +1,7 @@
 """Domain generalization: train on source 2's source domain, evaluate on domains never seen in training
 (Taskonomy -> NYUDv2 at paper scale; SynthDrive presets in the embedded default). Nothing trains for it:
-every mtl run is evaluated on each domain of ``vit.dg_domains`` (null: ``data.dg_domains``), and the
-``vit_dg`` table compares the methods there, each against the single-task runs evaluated on the same
+every mtl run on the full task set, and every single-task run, is evaluated on each domain of
+``vit.dg_domains`` (null: ``data.dg_domains``), and the ``vit_dg`` table compares the methods there, each against the single-task runs evaluated on the same
 domain (Δm)."""
 from __future__ import annotations
 

@@ -44,6 +44,7 @@ class TransferRecipe(VitRecipe):
     def __init__(self, params: Mapping[str, Any], run, data_root, checkpoint, domain=None, *, init_dir: Path):
         self.init_dir = Path(init_dir)
         self.init_log = read_init_log(self.init_dir, self.protocol_init_id(run))
+        self.init_sha256 = sha256_file(self.init_dir / "final.pt")
         super().__init__(params, run, data_root, checkpoint, domain)
 
     @staticmethod
@@ -54,7 +55,7 @@ class TransferRecipe(VitRecipe):
 
     def hash_extra(self) -> Dict[str, Any]:
         # a retrained mtl run makes the epoch files of this run stale
-        return {"init": sha256_file(self.init_dir / "final.pt")}
+        return {"init": self.init_sha256}
 
     def prepare(self, params: Mapping[str, Any]) -> None:
         if self.init_log["model_config"] != json.loads(json.dumps(self.config)):
@@ -67,7 +68,7 @@ class TransferRecipe(VitRecipe):
         return FixedAffinity(list(self.run.tasks), torch.tensor(self.init_log["balancer_state"]["affinity"]))
 
     def log_header(self) -> Dict[str, Any]:
-        return {**super().log_header(), "init_run": self.init_log["run"], "init_sha256": self.hash_extra()["init"]}
+        return {**super().log_header(), "init_run": self.init_log["run"], "init_sha256": self.init_sha256}
 
 
 def read_init_log(init_dir: Path, expected_run: str) -> Dict[str, Any]:

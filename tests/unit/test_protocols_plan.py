@@ -51,13 +51,16 @@ def test_where_each_run_trains_and_is_evaluated():
     ev = {r.id: d for r, d in vit_evaluations(p).items()}
     # mtl runs: source, DG domain, and the target of the transfers that start from them (source only)
     assert ev[f"{S}__vtagml__semseg-depth-normals__s0"] == ["clear_day", "dusk_fog", "night"]
-    assert ev[f"{S}__vtagml__semseg-depth__s0"] == ["clear_day", "dusk_fog", "night"]
+    # a subset's run goes to the target of the UDA run that starts from it, not to the DG domain (the
+    # DG table shows the full task set and the single-task runs)
+    assert ev[f"{S}__vtagml__semseg-depth__s0"] == ["clear_day", "night"]
     assert ev[f"{S}__single_task__depth__s0"] == ["clear_day", "dusk_fog"]
     assert ev[f"{S}__vtagml__semseg-depth__uda-night__s0"] == ["night"]
     mtl = run(f"{S}__vtagml__semseg-depth__s0")
     assert vit_evaluation_paths(p, mtl, ev[mtl.id], Path("m")) == [
-        ("clear_day", Path(f"m/vit/{mtl.id}.json")), ("dusk_fog", Path(f"m/vit/dg/dusk_fog/{mtl.id}.json")),
-        ("night", Path(f"m/vit/dg/night/{mtl.id}.json"))]
+        ("clear_day", Path(f"m/vit/{mtl.id}.json")), ("night", Path(f"m/vit/dg/night/{mtl.id}.json"))]
+    full = run(f"{S}__vtagml__semseg-depth-normals__s0")
+    assert vit_evaluation_paths(p, full, ev[full.id], Path("m"))[1] == ("dusk_fog", Path(f"m/vit/dg/dusk_fog/{full.id}.json"))
     uda = f"{S}__vtagml__semseg-depth__uda-night__s0"
     assert vit_metrics_path(uda, Path("m")) == Path(f"m/vit/uda/night/{uda}.json")
     with pytest.raises(ValueError, match="target 'night' only"):
@@ -92,7 +95,7 @@ def test_own_domains_of_source_2():
                                      "vit.uda.target_domain=clear_day"])
     ev = {r.id: d for r, d in vit_evaluations(p).items()}
     assert ev[f"{S}__vtagml__semseg-depth-normals__s0"] == ["dusk_fog", "clear_day", "night"]  # zero-shot to night
-    assert ev[f"{S}__vtagml__semseg-depth__s0"] == ["dusk_fog", "clear_day"]  # UDA to clear_day, a DG domain too
+    assert ev[f"{S}__vtagml__semseg-depth__s0"] == ["dusk_fog", "clear_day"]  # UDA to clear_day
     assert vit_train_domains(p, parse_run_id(f"{S}__vtagml__semseg-depth__uda-clear_day__s0")) == ("dusk_fog", "clear_day")
     # oracles of two targets
     ids = _ids(plan_vit_runs(p))
