@@ -115,7 +115,7 @@ def _balancer_kwargs(params: Mapping[str, Any], name: str) -> Dict[str, Any]:
     return dict(params["vit"][name]) if name in ("troa", "troa_global") else {}
 
 
-def _dataset(params: Mapping[str, Any], data_root: str | Path, split: str, tasks, eval_transform: bool = False,
+def vit_dataset(params: Mapping[str, Any], data_root: str | Path, split: str, tasks, eval_transform: bool = False,
              domain: str | None = None):
     """The split's reader of ``domain`` (default: source 2's source domain) under ``data_root``, semseg in
     ``vit.label_space``; raw samples for training (the engine applies the seeded train transform), or
@@ -165,7 +165,7 @@ class VitRecipe(Recipe):
         self.prepare(params)
         self.balancer = self.make_balancer(params)
         self.domain = domain or self.protocol.train_domains(params, run)[0]
-        self.dataset = _dataset(params, data_root, "train", self.task_names, domain=self.domain)
+        self.dataset = vit_dataset(params, data_root, "train", self.task_names, domain=self.domain)
         self.transform = TrainTransform(tuple(vit["input_size"]))
         self.collate = collate
         self.shared = self.model.shared_adapter_parameters()
@@ -342,7 +342,7 @@ def evaluate_vit_run(params: Mapping[str, Any], run_dir: str | Path, data_root: 
         if run.protocol != PROTOCOL_MTL and where != home:
             raise ValueError(f"run '{run.id}' is evaluated on its target '{home}' only, not on '{where}'")
         protocol = run.protocol if run.protocol != PROTOCOL_MTL else (PROTOCOL_MTL if where == home else PROTOCOL_DG)
-        dataset = _dataset(params, root, "val", log["tasks"], eval_transform=True, domain=where)
+        dataset = vit_dataset(params, root, "val", log["tasks"], eval_transform=True, domain=where)
         loader = eval_loader(dataset, params["evaluate"]["batch_size"], collate, tp["workers"], device)
         t0 = time.perf_counter()
         metrics = run_evaluators(tasks, loader, forward, device, tp["amp"], desc=f"evaluate {run_dir.name} ({where})")

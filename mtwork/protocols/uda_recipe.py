@@ -31,7 +31,7 @@ from mtwork.engine.recipe import StepContext
 from mtwork.methods.output_discriminator import OutputDiscriminators, output_view
 from mtwork.methods.pseudo_labels import pseudo_label_loss
 from mtwork.protocols.transfer_recipe import TransferRecipe
-from mtwork.train_vit import _dataset, activate, task_out_channels
+from mtwork.train_vit import activate, task_out_channels, vit_dataset
 
 #: Keys of a raw sample that are not labels (what a target image keeps).
 IMAGE_KEYS = ("image", "name", "orig_size")
@@ -81,7 +81,7 @@ class UdaRecipe(TransferRecipe):
         spec = params["vit"]["uda"]
         target = self.protocol.train_domains(params, run)[1]
         self.target_domain = target
-        self.target_dataset = _dataset(params, target_root, "train", run.tasks, domain=target)
+        self.target_dataset = vit_dataset(params, target_root, "train", run.tasks, domain=target)
         self.transform = PairedTransform(self.transform, self.target_dataset)
         self.collate = paired_collate(self.collate)
         self.adv_weight = float(spec["adversarial_weight"])

@@ -23,13 +23,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-import pandas as pd
-
 from mtwork.evaluate import PRIMARY_METRIC
 from mtwork.plan import PROTOCOL_DG, vit_dg_domains, vit_source_domain
 from mtwork.report.layout import Column, Table, TableSpec, build_table, delta_m_definition, write_table
 from mtwork.report.records import SINGLE_TASK, primary_directions, study_frame
-from mtwork.report.vit_tables import (DELTA_DIGITS, VIT_METRIC_COLUMNS, VIT_PARADIGM_LABEL, VIT_TASKS, _canonical,
+from mtwork.report.vit_tables import (DELTA_DIGITS, VIT_METRIC_COLUMNS, VIT_PARADIGM_LABEL, _canonical,
                                       read_vit_records, task_set_label)
 
 #: Row settings of the transfer tables, in table order, and their labels.
