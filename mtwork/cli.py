@@ -207,8 +207,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if is_vit_run(params, run):  # source 2: a Swin-V2 source
         from mtwork.train_vit import train_vit_run
 
-        train_vit_run(params, args.run, data_root=args.data, checkpoint=args.checkpoint, out_dir=args.out, domain=args.domain)
+        train_vit_run(params, args.run, data_root=args.data, checkpoint=args.checkpoint, out_dir=args.out, domain=args.domain,
+                      init_dir=args.init, target_data=args.target_data)
         return 0
+    if args.init is not None or args.target_data is not None:
+        raise UserError(f"run '{args.run}': --init and --target-data are for source 2's transfer runs")
     from mtwork.train import train_run
 
     train_run(params, args.run, data_root=args.data, checkpoint=args.checkpoint, out_dir=args.out, domain=args.domain)
@@ -219,7 +222,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate one or more runs, writing each run's metrics where mtwork.plan puts them under
     --metrics-dir. Several runs in one process pay the start-up (importing torch, timm, torchvision:
     seconds on a small CPU) once: the workflow evaluates a whole checkpoint source per job."""
-    from mtwork.plan import is_vit_run, metrics_path, parse_run_id, vit_metrics_path
+    from mtwork.plan import is_vit_run, metrics_path, parse_run_id
 
     params = _params(args)
     if len(args.dg_domain) != len(args.dg_data):
@@ -229,12 +232,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         run_id = Path(run_dir).name
         print(f"[mtwork evaluate] run {i}/{len(args.run_dir)}: {run_id}", flush=True)
         if is_vit_run(params, parse_run_id(run_id)):
-            from mtwork.train_vit import evaluate_vit_run
-
-            if args.protocol != "mtl":
-                raise UserError(f"source 2's runs are evaluated with protocol mtl only, not '{args.protocol}'")
-            evaluate_vit_run(params, run_dir, data_root=args.data, out=vit_metrics_path(run_id, args.metrics_dir),
-                             domain=args.domain)
+            _evaluate_vit(params, args, run_dir)
             continue
         from mtwork.evaluate import evaluate_run
 
@@ -244,15 +242,42 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_vit(params, args: argparse.Namespace, run_dir: Path) -> None:
+    """A source-2 run on every domain the plan evaluates it on (``mtwork.plan.vit_evaluations``: where it
+    trained, the DG domains, transfer targets), each domain's root from --data/--domain or a
+    --dg-domain/--dg-data pair; the metrics go where ``mtwork.plan.vit_metrics_path`` puts them."""
+    from mtwork.plan import parse_run_id, vit_evaluation_paths, vit_evaluations, vit_source_domain
+    from mtwork.train_vit import evaluate_vit_run
+
+    if args.protocol != "mtl":
+        raise UserError(f"source 2's runs are evaluated where the plan says (their protocol is in the run id): "
+                         f"no --protocol {args.protocol}")
+    run = parse_run_id(Path(run_dir).name)
+    planned = vit_evaluations(params)
+    if run not in planned:
+        raise UserError(f"run '{run.id}' is not a run of the vit block's plan (mtwork plan lists them)")
+    roots = {args.domain or vit_source_domain(params): args.data, **dict(zip(args.dg_domain, args.dg_data))}
+    missing = [d for d in planned[run] if d not in roots]
+    if missing:
+        raise UserError(f"run '{run.id}' is evaluated on {', '.join(planned[run])}: give the data of "
+                         f"{', '.join(missing)} (--dg-domain NAME --dg-data ROOT)")
+    (first, out), *rest = vit_evaluation_paths(params, run, planned[run], args.metrics_dir)
+    evaluate_vit_run(params, run_dir, data_root=roots[first], out=out, domain=first,
+                     dg=[(d, roots[d], path) for d, path in rest])
+
+
 def cmd_tables(args: argparse.Namespace) -> int:
     from mtwork.report.tables import write_tables
 
     params = _params(args)
-    write_tables(params, metrics_dir=args.metrics, runs_dir=args.runs, out_dir=args.out, figures_dir=args.figures)
+    if params["checkpoints"]["sources"]:  # source 1 (a source-2-only configuration lists no checkpoint source)
+        write_tables(params, metrics_dir=args.metrics, runs_dir=args.runs, out_dir=args.out, figures_dir=args.figures)
     if params["vit"]["enabled"]:  # source 2's tables from results/metrics/vit and its runs' logs
+        from mtwork.report.vit_protocol_tables import write_vit_protocol_tables
         from mtwork.report.vit_tables import write_vit_tables
 
         write_vit_tables(params, Path(args.metrics) / "vit", args.runs, args.out, args.figures)
+        write_vit_protocol_tables(params, Path(args.metrics) / "vit", args.out)
     return 0
 
 
@@ -426,10 +451,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run id SOURCE__PARADIGM__TASKS__sSEED")
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--checkpoint", required=True, type=Path, help="converted backbone file")
-    p.add_argument("--domain", default=None, help="the data.domains entry to train on (default: data.source_domain)")
+    p.add_argument("--domain", default=None, help="the data.domains entry --data holds, trained on with its labels "
+                   "(default: the run's: data.source_domain; source 2: vit.source_domain, a transfer's target)")
     p.add_argument("--out", required=True, type=Path, help="run directory")
     p.add_argument("--nproc", type=int, default=1,
                    help="data-parallel processes on this node (default 1; train.batch_size stays the global batch)")
+    p.add_argument("--init", default=None, type=Path,
+                   help="source 2's zero-shot and UDA runs: the folder of the multi-task run they start from")
+    p.add_argument("--target-data", default=None, type=Path,
+                   help="source 2's UDA runs: the root of the unlabelled target domain (the run id names it)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate trained runs on a domain's val split")
@@ -437,11 +467,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", required=True, type=Path, action="append", help="a run's folder; repeat for several runs")
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--metrics-dir", default=Path("results/metrics"), type=Path,
-                   help="each run's metrics go to <run>.json, <protocol>/<domain>/<run>.json (e.g. dg/dusk_fog/) "
-                        "or vit/<run>.json under this folder (default: results/metrics)")
+                   help="each run's metrics go to <run>.json, <protocol>/<domain>/<run>.json (e.g. dg/dusk_fog/), "
+                        "vit/<run>.json or vit/<protocol>/<domain>/<run>.json under this folder (default: results/metrics)")
     p.add_argument("--protocol", default="mtl", choices=["mtl", "dg"])
     p.add_argument("--domain", default=None, help="the data.domains entry --data holds (default: data.source_domain)")
-    p.add_argument("--dg-domain", action="append", default=[], help="also evaluate on this data.domains entry (protocol dg); repeat")
+    p.add_argument("--dg-domain", action="append", default=[],
+                   help="another data.domains entry: source 1's runs are also evaluated there (protocol dg); source 2's "
+                        "runs on the domains the plan names (DG domains, transfer targets) take their data from these; repeat")
     p.add_argument("--dg-data", action="append", default=[], type=Path, help="that domain's data root, in --dg-domain order")
     p.set_defaults(func=cmd_evaluate)
 

@@ -49,6 +49,11 @@ DEVICES = ("auto", "cpu", "cuda")
 # source 2's adapted blocks (mtwork.methods.vtagml.ADAPTED_BLOCK_TRAINING); tests keep each pair equal.
 ADAPTER_PLACEMENTS = ("outputs", "stages")
 ADAPTED_BLOCK_TRAINING = ("frozen", "full")
+# Source 2's transfer protocols (mtwork.protocols): the GAN losses of UDA's output-space discriminators
+# (mtwork.methods.output_discriminator.GAN_LOSSES; a test keeps the two equal) and the label spaces a
+# run's semseg head can have (mtwork.data.label_spaces; a test keeps them equal).
+GAN_LOSSES = ("bce", "lsgan")
+LABEL_SPACES = ("cityscapes19", "indoor10", "nyuv2_40", "synthetic8", "synthia16", "taskonomy17")
 # train.amp (mtwork.engine.precision): auto = bf16 on CUDA, none on CPU
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 # Checkpoint formats that have an embedded pretraining run (mtwork.pretrain.PRETRAINERS; a test keeps
@@ -138,6 +143,16 @@ SCHEMA: Dict[str, Any] = {
         "adapted_block_training": ("choice", ADAPTED_BLOCK_TRAINING),
         "troa": {"step_size": _num, "every": int},
         "troa_global": {"step_size": _num, "every": int, "affinity_momentum": _num},
+        # source 2's own domains and label space (null: data.source_domain / data.dg_domains / the readers')
+        "source_domain": _opt_str,
+        "dg_domains": (list, type(None)),
+        "label_space": _opt_str,
+        "zero_shot": {"enabled": bool, "target_domain": str, "finetune_tasks": _list_of(str, VIT_TASK_NAMES),
+                      "paradigms": _list_of(str, VIT_PARADIGMS), "epochs": int, "oracle": bool},
+        "uda": {"enabled": bool, "target_domain": str, "tasks": _list_of(str, VIT_TASK_NAMES),
+                "paradigms": _list_of(str, VIT_PARADIGMS), "epochs": int, "adversarial_weight": _num,
+                "discriminator_lr": _num, "discriminator_width": int, "gan_loss": ("choice", GAN_LOSSES),
+                "pseudo_labels": (dict, type(None)), "oracle": bool},
     },
 }
 
@@ -272,6 +287,8 @@ RANGES = (
     ("vit.epochs", 1, False), ("vit.batch_size", 1, False), ("vit.lr", 0, True), ("vit.weight_decay", 0, False),
     ("vit.warmup_epochs", 0, False), ("vit.accum_steps", 1, False), ("vit.task_embed_dim", 1, False),
     ("vit.adapter_reduction", 1, False), ("vit.troa.every", 1, False), ("vit.troa.step_size", 0, True),
+    ("vit.zero_shot.epochs", 1, False), ("vit.uda.epochs", 1, False), ("vit.uda.adversarial_weight", 0, False),
+    ("vit.uda.discriminator_lr", 0, True), ("vit.uda.discriminator_width", 1, False),
     ("model.fpn_channels", 1, False), ("model.adapter_reduction", 1, False),
     ("checkpoints.pretrain.epochs", 1, False), ("checkpoints.pretrain.batch_size", 1, False),
     ("checkpoints.pretrain.crop", 1, False), ("data.synthdrive.overlap", 0, False),
@@ -356,7 +373,7 @@ def _check_semantics(p: Dict[str, Any]) -> None:
                 f"'checkpoints.catalog.{source}.path' is null: at paper scale every source needs its upstream file"
             )
     clip_source = p["model"]["lv"]["clip_source"]
-    if "pretrain_adapt_finetune_lv" in train["paradigms"]:
+    if "pretrain_adapt_finetune_lv" in train["paradigms"] and ckpt["sources"]:  # no source: no source-1 run
         if clip_source not in ckpt["catalog"] or ckpt["catalog"][clip_source]["format"] != "open_clip":
             raise ParamsError(f"'model.lv.clip_source' = '{clip_source}' must be a checkpoints.catalog entry of format open_clip")
         if p["scale"] == "paper" and not ckpt["catalog"][clip_source].get("path"):
@@ -460,6 +477,67 @@ def _check_vit(p: Dict[str, Any]) -> None:
     size = vit["input_size"]
     if len(size) != 2 or any(s <= 0 or s % 32 for s in size):
         raise ParamsError(f"'vit.input_size' must be [H, W], multiples of 32 (the Swin's stride), got {size}")
+    _check_vit_protocols(p)
+
+
+def _check_vit_protocols(p: Dict[str, Any]) -> None:
+    """Source 2's domains, label space and transfer protocols (vit.zero_shot, vit.uda): every domain
+    known, targets and DG domains other than the source domain, task sets within vit.tasks."""
+    vit, domains = p["vit"], p["data"]["domains"]
+    source = vit["source_domain"] or p["data"]["source_domain"]
+    if vit["source_domain"] is not None and vit["source_domain"] not in domains:
+        raise ParamsError(f"'vit.source_domain': domain {vit['source_domain']!r} is not in data.domains "
+                          f"(known: {', '.join(domains)})")
+    dg = vit["dg_domains"]
+    if dg is not None:
+        for i, name in enumerate(dg):
+            if not isinstance(name, str) or name not in domains:
+                raise ParamsError(f"'vit.dg_domains[{i}]': domain {name!r} is not in data.domains (known: {', '.join(domains)})")
+    dg = p["data"]["dg_domains"] if dg is None else dg
+    if source in dg:
+        raise ParamsError(f"'vit.dg_domains' (or data.dg_domains, its default) lists source 2's source domain "
+                          f"{source!r}: DG evaluates unseen domains")
+    if vit["label_space"] is not None and vit["label_space"] not in LABEL_SPACES:
+        raise ParamsError(f"'vit.label_space' must be null or one of {list(LABEL_SPACES)}, got {vit['label_space']!r}")
+    for block in ("zero_shot", "uda"):
+        key, spec = f"vit.{block}", vit[block]
+        if not spec["enabled"] or not spec["paradigms"]:
+            continue
+        target = spec["target_domain"]
+        if "__" in target:  # run ids separate their fields with "__"
+            raise ParamsError(f"'{key}.target_domain' = {target!r}: a transfer target's name cannot contain '__'")
+        if target not in domains:
+            raise ParamsError(f"'{key}.target_domain': domain {target!r} is not in data.domains (known: {', '.join(domains)})")
+        if target == source:
+            raise ParamsError(f"'{key}.target_domain' is source 2's source domain {source!r}: a transfer needs another domain")
+        if len(set(spec["paradigms"])) != len(spec["paradigms"]):
+            raise ParamsError(f"'{key}.paradigms' lists a paradigm twice: {spec['paradigms']}")
+    zs = vit["zero_shot"]
+    if zs["enabled"] and zs["paradigms"]:
+        finetune = zs["finetune_tasks"]
+        if not finetune or len(set(finetune)) != len(finetune) or any(t not in vit["tasks"] for t in finetune):
+            raise ParamsError(f"'vit.zero_shot.finetune_tasks' must list distinct tasks of vit.tasks {vit['tasks']}, got {finetune}")
+        if set(finetune) == set(vit["tasks"]):
+            raise ParamsError(f"'vit.zero_shot.finetune_tasks' lists every task of vit.tasks: no task would be "
+                              "evaluated zero-shot (leave at least one out)")
+    uda = vit["uda"]
+    if uda["enabled"] and uda["paradigms"]:
+        tasks = uda["tasks"]
+        if not tasks or len(set(tasks)) != len(tasks) or any(t not in vit["tasks"] for t in tasks):
+            raise ParamsError(f"'vit.uda.tasks' must list distinct tasks of vit.tasks {vit['tasks']}, got {tasks}")
+        pseudo = uda["pseudo_labels"]
+        if pseudo is not None:
+            unknown = sorted(set(pseudo) - {"threshold", "weight"})
+            if unknown or set(pseudo) != {"threshold", "weight"}:
+                raise ParamsError(f"'vit.uda.pseudo_labels' must be null or {{threshold, weight}}, got {pseudo!r}")
+            for sub in ("threshold", "weight"):
+                value = pseudo[sub]
+                if isinstance(value, bool) or not isinstance(value, _num):
+                    raise ParamsError(f"'vit.uda.pseudo_labels.{sub}' must be a number, got {value!r}")
+            if not 0 < pseudo["threshold"] <= 1:
+                raise ParamsError(f"'vit.uda.pseudo_labels.threshold' must be in (0, 1], got {pseudo['threshold']!r}")
+            if pseudo["weight"] < 0:
+                raise ParamsError(f"'vit.uda.pseudo_labels.weight' must be >= 0, got {pseudo['weight']!r}")
 
 
 def merge_layers(raw: Mapping[str, Any], overrides: Iterable[str] = ()) -> Dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 PROTOCOL_MTL = "mtl"
 PROTOCOL_DG = "dg"
@@ -152,7 +152,9 @@ def source_runs(params: Mapping[str, Any], source: str) -> List[RunSpec]:
 
 def plan_vit_runs(params: Mapping[str, Any]) -> List[RunSpec]:
     """Source 2's runs (``vit`` block): single-task baselines of every vit task, each vit paradigm on all
-    vit tasks, and VTAGML on each smaller task subset (the S-D and S-D-N tables)."""
+    vit tasks, VTAGML on each smaller task subset (the S-D and S-D-N tables), then the transfer runs of
+    ``mtwork.protocols`` (zero-shot, UDA, target oracles), each after the mtl run it starts from (added
+    here when the lists above lack it, e.g. a UDA paradigm on S-D)."""
     vit = params["vit"]
     if not vit["enabled"]:
         return []
@@ -163,7 +165,53 @@ def plan_vit_runs(params: Mapping[str, Any]) -> List[RunSpec]:
         runs.extend(RunSpec(vit["source"], paradigm, tasks, seed) for paradigm in vit["paradigms"])
         runs.extend(RunSpec(vit["source"], "vtagml", tuple(subset), seed) for subset in vit["task_subsets"]
                     if tuple(subset) != tasks)
-    return runs
+    from mtwork.protocols import plan_protocol_runs, protocol_of
+
+    transfers = plan_protocol_runs(params)
+    inits = [init for run in transfers if (init := protocol_of(run).init_run(run)) is not None]
+    return list(dict.fromkeys(runs + inits + transfers))
+
+
+def vit_init_run(run: RunSpec) -> RunSpec | None:
+    """The run whose final.pt a source-2 run starts from (zero-shot and UDA runs: their mtl run)."""
+    from mtwork.protocols import protocol_of
+
+    return protocol_of(run).init_run(run)
+
+
+def vit_train_domains(params: Mapping[str, Any], run: RunSpec) -> Tuple[str, str | None]:
+    """(the domain a source-2 run trains on with labels, the domain of its unlabelled images or None)."""
+    from mtwork.protocols import protocol_of
+
+    return protocol_of(run).train_domains(params, run)
+
+
+def vit_evaluations(params: Mapping[str, Any]) -> Dict[RunSpec, List[str]]:
+    """{run: domains it is evaluated on} for every planned source-2 run (``mtwork.protocols``)."""
+    from mtwork.protocols import evaluation_domains
+
+    return evaluation_domains(params, plan_vit_runs(params))
+
+
+def vit_source_domain(params: Mapping[str, Any]) -> str:
+    """The domain source 2 trains its multi-task runs on: vit.source_domain, else data.source_domain."""
+    return params["vit"].get("source_domain") or params["data"]["source_domain"]
+
+
+def vit_dg_domains(params: Mapping[str, Any]) -> List[str]:
+    """Source 2's unseen domains: vit.dg_domains, else data.dg_domains."""
+    dg = params["vit"].get("dg_domains")
+    return list(params["data"]["dg_domains"] if dg is None else dg)
+
+
+def vit_domains(params: Mapping[str, Any]) -> List[str]:
+    """Every domain source 2's planned runs train or are evaluated on (source first)."""
+    if not params["vit"]["enabled"]:
+        return []
+    names = [vit_source_domain(params), *vit_dg_domains(params)]
+    for domains in vit_evaluations(params).values():
+        names.extend(domains)
+    return list(dict.fromkeys(names))
 
 
 def single_task_baseline(run: RunSpec, task: str) -> RunSpec:
@@ -215,10 +263,19 @@ def domain(params: Mapping[str, Any], name: str) -> Domain:
                   entry.get("attributes"))
 
 
-def planned_domains(params: Mapping[str, Any]) -> List[str]:
-    """The domains the plan trains or evaluates on: data.source_domain, then data.dg_domains."""
+def source1_domains(params: Mapping[str, Any]) -> List[str]:
+    """The domains source 1 trains or evaluates on: data.source_domain, then data.dg_domains ([] when
+    it plans no run, e.g. a source-2-only configuration with checkpoints.sources: [])."""
     data = params["data"]
+    if not params["checkpoints"]["sources"]:
+        return []
     return list(dict.fromkeys([data["source_domain"], *data["dg_domains"]]))
+
+
+def planned_domains(params: Mapping[str, Any]) -> List[str]:
+    """The domains the plan trains or evaluates on: source 1's (data.source_domain, data.dg_domains),
+    then source 2's (``vit_domains``)."""
+    return list(dict.fromkeys(source1_domains(params) + vit_domains(params)))
 
 
 def planned_datasets(params: Mapping[str, Any]) -> List[str]:
@@ -271,6 +328,15 @@ def planned_sources(params: Mapping[str, Any]) -> List[str]:
     return sources
 
 
+def pretrain_domain(params: Mapping[str, Any], source: str) -> str:
+    """The domain whose train images an embedded pretraining of ``source`` sees: source 2's source
+    domain for its Swin (unless source 1 lists it too), else data.source_domain."""
+    vit = params["vit"]
+    if vit["enabled"] and source == vit["source"] and source not in params["checkpoints"]["sources"]:
+        return vit_source_domain(params)
+    return params["data"]["source_domain"]
+
+
 def embedded_pretrain_sources(params: Mapping[str, Any]) -> List[str]:
     """The planned sources whose upstream file is made by an embedded pretraining run."""
     catalog = params["checkpoints"]["catalog"]
@@ -286,8 +352,25 @@ def run_dir(run_id: str) -> Path:
     return RUNS_DIR / run_id
 
 
-def vit_metrics_path(run_id: str, root: Path = METRICS_DIR) -> Path:
-    return Path(root) / "vit" / f"{run_id}.json"
+def vit_metrics_path(run_id: str, root: Path = METRICS_DIR, domain: str | None = None) -> Path:
+    """A source-2 run's metrics JSON under ``root`` (results/metrics): ``vit/<run>.json`` for an mtl run
+    on the domain it trained on (``domain`` None), ``vit/dg/<domain>/<run>.json`` for an mtl run on
+    another domain (DG, and the source-only rows of the transfer tables), and
+    ``vit/<protocol>/<target>/<run>.json`` for a transfer run on its target."""
+    run = parse_run_id(run_id)
+    folder = Path(root) / "vit"
+    if run.protocol != PROTOCOL_MTL:
+        if domain not in (None, run.target):
+            raise ValueError(f"run '{run_id}' is evaluated on its target '{run.target}' only, not '{domain}'")
+        return folder / run.protocol / str(run.target) / f"{run_id}.json"
+    return folder / f"{run_id}.json" if domain is None else folder / PROTOCOL_DG / domain / f"{run_id}.json"
+
+
+def vit_evaluation_paths(params: Mapping[str, Any], run: RunSpec, domains: Sequence[str], root: Path = METRICS_DIR
+                         ) -> List[Tuple[str, Path]]:
+    """[(domain, metrics path)] of a source-2 run's evaluation ``domains`` (``vit_evaluations``)."""
+    home = vit_source_domain(params) if run.protocol == PROTOCOL_MTL else run.target
+    return [(d, vit_metrics_path(run.id, root, None if d == home else d)) for d in domains]
 
 
 def metrics_path(run_id: str, protocol: str = PROTOCOL_MTL, domain: str | None = None, root: Path = METRICS_DIR) -> Path:

@@ -16,19 +16,24 @@ Files written into the run directory (``models/vit/<run>/``):
 
 Every step runs the frozen part of the encoder once for all tasks (see ``VTAGMLModel``); TROA's
 affinity matrix feeds the task embeddings of TAA/TSN, and its task weights weight the losses.
+
+A run's protocol (``mtwork.protocols``) picks its recipe: ``VitRecipe`` for the multi-task runs and the
+target oracles (on the target domain), ``ZeroShotRecipe`` and ``UdaRecipe`` (``mtwork/protocols/``) for
+the transfer runs, which start from their mtl run's final.pt.
 """
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import torch
 
 from mtwork.engine.recipe import FitSettings, Recipe, StepContext
 from mtwork.errors import UserError
 from mtwork.io import atomic_path, nan_to_none, sha256_file, write_json
-from mtwork.plan import VIT_PARADIGMS, RunSpec, parse_run_id, source_arch
+from mtwork.plan import PROTOCOL_DG, PROTOCOL_MTL, VIT_PARADIGMS, RunSpec, parse_run_id, source_arch, \
+    vit_source_domain
 from mtwork.runtime import params_hash, resolve_device, seed_everything, set_threads
 
 # Decoder depth per stage (the paper: 2 Swin blocks per decoder stage).
@@ -49,14 +54,13 @@ def activate(task: Any, raw: torch.Tensor) -> torch.Tensor:
 
 def vit_model_config(params: Mapping[str, Any], run: RunSpec) -> Dict[str, Any]:
     """Everything needed to rebuild the run's model (stored in log.json)."""
-    from mtwork.tasks import TASKS
-
     vit = params["vit"]
     spec = VIT_PARADIGMS[run.paradigm]
     config: Dict[str, Any] = {
         "arch": source_arch(params, run.source),
         "input_size": list(vit["input_size"]),
-        "tasks": {t: task_out_channels(TASKS.create(t)) for t in run.tasks},
+        "tasks": {t: task_out_channels(task) for t, task in vit_tasks(vit.get("label_space"), run.tasks).items()},
+        "label_space": vit.get("label_space"),
         "model": spec["model"],
         "balancer": spec["balancer"],
         "kwargs": {"decoder_depth": DECODER_DEPTH},
@@ -70,6 +74,19 @@ def vit_model_config(params: Mapping[str, Any], run: RunSpec) -> Dict[str, Any]:
     elif spec["model"] == "multiscale_adapter":
         config["kwargs"].update(adapter_reduction=vit["adapter_reduction"])
     return config
+
+
+def vit_tasks(label_space: str | None, names) -> Dict[str, Any]:
+    """{name: task} of source 2's tasks; semseg with the classes of ``label_space`` (a name of
+    ``mtwork.data.label_spaces``; None: the readers' own, cityscapes19)."""
+    from mtwork.tasks import TASKS
+
+    kwargs: Dict[str, Dict[str, Any]] = {}
+    if label_space is not None:
+        from mtwork.data.label_spaces import get_label_space
+
+        kwargs["semseg"] = {"classes": get_label_space(label_space).classes}
+    return {t: TASKS.create(t, **kwargs.get(t, {})) for t in names}
 
 
 def build_vit_model(config: Mapping[str, Any], checkpoint: str | Path):
@@ -98,17 +115,19 @@ def _balancer_kwargs(params: Mapping[str, Any], name: str) -> Dict[str, Any]:
     return dict(params["vit"][name]) if name in ("troa", "troa_global") else {}
 
 
-def _dataset(params: Mapping[str, Any], data_root: str | Path, split: str, tasks, eval_transform: bool = False,
+def vit_dataset(params: Mapping[str, Any], data_root: str | Path, split: str, tasks, eval_transform: bool = False,
              domain: str | None = None):
-    """The split's reader of ``domain`` (default data.source_domain) under ``data_root``; raw samples for
-    training (the engine applies the seeded train transform), or with the evaluation transform."""
+    """The split's reader of ``domain`` (default: source 2's source domain) under ``data_root``, semseg in
+    ``vit.label_space``; raw samples for training (the engine applies the seeded train transform), or
+    with the evaluation transform."""
     from mtwork.data.bdd100k import DatasetError
     from mtwork.data.registry import open_domain
     from mtwork.data.transforms import EvalTransform
 
     transform = EvalTransform(tuple(params["vit"]["input_size"])) if eval_transform else None
-    dataset = open_domain(params, domain or params["data"]["source_domain"], split, tuple(tasks), transform,
-                          root=data_root)
+    space = params["vit"].get("label_space")
+    dataset = open_domain(params, domain or vit_source_domain(params), split, tuple(tasks), transform,
+                          root=data_root, **({"label_space": space} if space is not None else {}))
     if len(dataset) == 0:
         raise DatasetError(f"{data_root}: the {split} split has no images labeled for {', '.join(tasks)}")
     return dataset
@@ -116,33 +135,58 @@ def _dataset(params: Mapping[str, Any], data_root: str | Path, split: str, tasks
 
 class VitRecipe(Recipe):
     """One source-2 run: a Swin-V2 model of ``VIT_PARADIGMS`` on the converted encoder, the dense tasks'
-    losses (``vit.loss_weights``) combined by the paradigm's loss balancer, one ``train`` stage."""
+    losses (``vit.loss_weights``) combined by the paradigm's loss balancer, one ``train`` stage of the
+    protocol's epochs (``vit.epochs`` for mtl and oracle runs), on the protocol's training domain
+    (``domain`` overrides it: mtl runs train on ``vit.source_domain``, oracles on their target).
+
+    Subclasses (the transfer recipes) change what trains through three hooks: ``train_task_list`` (the
+    tasks whose labels the run reads), ``prepare`` (after the model is built: load and freeze weights)
+    and ``make_balancer``."""
 
     def __init__(self, params: Mapping[str, Any], run: RunSpec, data_root: str | Path, checkpoint: str | Path,
                  domain: str | None = None):
         from mtwork.data.batch import collate
         from mtwork.data.transforms import TrainTransform
-        from mtwork.methods.loss_balancing import create_balancer
-        from mtwork.tasks import TASKS
+        from mtwork.protocols import protocol_of
 
         if run.paradigm not in VIT_PARADIGMS:
             raise UserError(f"run '{run.id}': paradigm '{run.paradigm}' is not one of source 2's ({', '.join(VIT_PARADIGMS)})")
         vit, tp = params["vit"], params["train"]
         self.run, self.run_id, self.checkpoint = run, run.id, str(checkpoint)
-        self.task_names = list(run.tasks)
-        self.settings = FitSettings.from_params(vit, tp, [("train", vit["epochs"])], run.seed)
-        self.params_hash = vit_params_hash(params, run)
+        self.protocol = protocol_of(run)
+        self.task_names = list(self.train_task_list(params))
+        self.settings = FitSettings.from_params(vit, tp, [("train", self.protocol.epochs(params))], run.seed)
+        self.params_hash = vit_params_hash(params, run, self.hash_extra())
         seed_everything(run.seed)  # decoders and adapters are initialised here
         self.config = vit_model_config(params, run)
         self.model = build_vit_model(self.config, checkpoint)
-        self.tasks = {t: TASKS.create(t) for t in run.tasks}
+        self.tasks = vit_tasks(vit.get("label_space"), run.tasks)
         self.weights = {t: float(vit["loss_weights"][t]) for t in run.tasks}
-        self.balancer = create_balancer(self.config["balancer"], list(run.tasks),
-                                        **_balancer_kwargs(params, self.config["balancer"]))
-        self.dataset = _dataset(params, data_root, "train", run.tasks, domain=domain)
+        self.prepare(params)
+        self.balancer = self.make_balancer(params)
+        self.domain = domain or self.protocol.train_domains(params, run)[0]
+        self.dataset = vit_dataset(params, data_root, "train", self.task_names, domain=self.domain)
         self.transform = TrainTransform(tuple(vit["input_size"]))
         self.collate = collate
         self.shared = self.model.shared_adapter_parameters()
+
+    # -- hooks of the transfer recipes -------------------------------------------------------------
+    def train_task_list(self, params: Mapping[str, Any]) -> List[str]:
+        """The tasks whose labels the run trains with (the engine's task names)."""
+        return list(self.run.tasks)
+
+    def hash_extra(self) -> Dict[str, Any]:
+        """What besides the settings a resumable epoch file must match (e.g. the weights a run starts from)."""
+        return {}
+
+    def prepare(self, params: Mapping[str, Any]) -> None:
+        """After the model is built (seeded): load weights, freeze parts."""
+
+    def make_balancer(self, params: Mapping[str, Any]):
+        from mtwork.methods.loss_balancing import create_balancer
+
+        return create_balancer(self.config["balancer"], list(self.run.tasks),
+                               **_balancer_kwargs(params, self.config["balancer"]))
 
     def to(self, device: torch.device) -> None:
         self.balancer.to(device)
@@ -153,6 +197,7 @@ class VitRecipe(Recipe):
         return {
             "run": run.id, "source": run.source, "paradigm": run.paradigm, "method": self.config["model"],
             "tasks": list(run.tasks), "seed": run.seed, "params_hash": self.params_hash,
+            "protocol": run.protocol, "domain": self.domain, "trained_tasks": list(self.task_names),
             "model_config": self.config, "checkpoint": self.checkpoint,
             "total_params": self.model.count_parameters(trainable_only=False),
             "trainable_params": {"train": self.model.count_parameters(trainable_only=True)},
@@ -196,35 +241,80 @@ class VitRecipe(Recipe):
                                  "affinity": self.balancer.affinity.detach().cpu().tolist()}
 
 
-def vit_params_hash(params: Mapping[str, Any], run: RunSpec) -> str:
+def vit_params_hash(params: Mapping[str, Any], run: RunSpec, extra: Mapping[str, Any] | None = None) -> str:
     """Hash of what shapes a source-2 run: exactly the settings its training job reads
-    (``mtwork.workflow.job_param_keys``: the vit block's schedule and model keys, the engine settings
-    that change numbers, the training domain), and its checkpoint entry."""
+    (``mtwork.workflow.job_param_keys``: the vit block's schedule and model keys, the protocol's block,
+    the engine settings that change numbers, the training domains), its checkpoint entry, and
+    ``extra`` (a transfer run: the sha256 of the final.pt it starts from)."""
     from mtwork.workflow import run_settings
 
-    return params_hash({"run": run.id, "settings": run_settings(params, run),
-                        "checkpoint": params["checkpoints"]["catalog"].get(run.source)})
+    blob = {"run": run.id, "settings": run_settings(params, run),
+            "checkpoint": params["checkpoints"]["catalog"].get(run.source)}
+    if extra:
+        blob["extra"] = dict(extra)
+    return params_hash(blob)
+
+
+def create_vit_recipe(params: Mapping[str, Any], run_id: str, data_root: str | Path, checkpoint: str | Path,
+                      domain: str | None = None, init_dir: str | Path | None = None,
+                      target_data: str | Path | None = None) -> Recipe:
+    """The recipe of a source-2 run, by its protocol (``mtwork.protocols``): ``init_dir`` is the folder of
+    the run it starts from (zero-shot and UDA runs, nothing else), ``target_data`` the root of the
+    unlabelled target domain (UDA runs, nothing else); a missing or superfluous one is a UserError."""
+    import importlib
+
+    run = parse_run_id(run_id)
+    protocol = _protocol(run)
+    init = protocol.init_run(run)
+    if init is not None and init_dir is None:
+        raise UserError(f"run '{run_id}' starts from run '{init.id}': give that run's folder (--init)")
+    if init is None and init_dir is not None:
+        raise UserError(f"run '{run_id}' ({protocol.name}) starts from the pretrained Swin, not from a run: no --init")
+    unlabelled = protocol.train_domains(params, run)[1]
+    if unlabelled is not None and target_data is None:
+        raise UserError(f"run '{run_id}' adapts to the unlabelled domain '{unlabelled}': give its data root (--target-data)")
+    if unlabelled is None and target_data is not None:
+        raise UserError(f"run '{run_id}' ({protocol.name}) reads no unlabelled target domain: no --target-data")
+    module, _, name = protocol.recipe.partition(":")
+    recipe_cls = getattr(importlib.import_module(module), name)
+    kwargs: Dict[str, Any] = {}
+    if init_dir is not None:
+        kwargs["init_dir"] = Path(init_dir)
+    if target_data is not None:
+        kwargs["target_root"] = Path(target_data)
+    return recipe_cls(params, run, data_root, checkpoint, domain, **kwargs)
+
+
+def _protocol(run: RunSpec):
+    from mtwork.protocols import protocol_of
+
+    return protocol_of(run)
 
 
 def train_vit_run(params: Mapping[str, Any], run_id: str, data_root: str | Path, checkpoint: str | Path,
-                  out_dir: str | Path, domain: str | None = None) -> Dict[str, Any]:
-    """Train one source-2 run on ``domain`` (default data.source_domain); returns its log (also written
-    to ``out_dir/log.json``)."""
+                  out_dir: str | Path, domain: str | None = None, init_dir: str | Path | None = None,
+                  target_data: str | Path | None = None) -> Dict[str, Any]:
+    """Train one source-2 run (``create_vit_recipe``) on ``domain`` (default: its protocol's training
+    domain) into ``out_dir``; returns its log (also written to ``out_dir/log.json``)."""
     from mtwork.engine.loop import fit
 
     set_threads(params["train"]["threads"])
-    recipe = VitRecipe(params, parse_run_id(run_id), data_root, checkpoint, domain)
+    recipe = create_vit_recipe(params, run_id, data_root, checkpoint, domain, init_dir, target_data)
     return fit(recipe, out_dir, resolve_device(params["train"]["device"]))
 
 
 def evaluate_vit_run(params: Mapping[str, Any], run_dir: str | Path, data_root: str | Path, out: str | Path,
-                     domain: str | None = None) -> Dict[str, Any]:
-    """Evaluate a trained source-2 run on the val split; writes and returns the metrics record."""
+                     domain: str | None = None, dg: Sequence[Tuple[str, str | Path, str | Path]] = ()) -> Dict[str, Any]:
+    """Evaluate a trained source-2 run on the val split of ``domain`` (default: where it trained) under
+    ``data_root`` into ``out``, then, with the model loaded once, on every ``(domain, data root, out)`` of
+    ``dg`` (domains it never trained on). Returns the first record.
+
+    A record's ``protocol`` says what was evaluated: ``mtl`` an mtl run where it trained, ``dg`` an mtl run
+    on another domain, else the transfer run's protocol (on its target)."""
     import json
 
     from mtwork.data.batch import collate
     from mtwork.evaluate import eval_loader, run_evaluators
-    from mtwork.tasks import TASKS
 
     run_dir = Path(run_dir)
     log_path = run_dir / "log.json"
@@ -238,30 +328,39 @@ def evaluate_vit_run(params: Mapping[str, Any], run_dir: str | Path, data_root: 
     model = build_vit_model(config, log["checkpoint"])
     model.load_adapter(run_dir / "final.pt", backbone_info(config, log["checkpoint"], log["source"]))
     model = model.to(device).eval()
-    tasks = {t: TASKS.create(t) for t in log["tasks"]}
-    domain = domain or params["data"]["source_domain"]
-    dataset = _dataset(params, data_root, "val", log["tasks"], eval_transform=True, domain=domain)
-    loader = eval_loader(dataset, params["evaluate"]["batch_size"], collate, tp["workers"], device)
+    tasks = vit_tasks(config.get("label_space"), log["tasks"])
+    run = parse_run_id(log["run"])
+    # where the run belongs: a transfer run on its target (a UDA run trains with the source's labels)
+    home = run.target if run.protocol != PROTOCOL_MTL else (log.get("domain") or vit_source_domain(params))
     affinity = torch.tensor(log["balancer_state"]["affinity"], device=device)  # TROA's, as trained
 
     def forward(image: torch.Tensor) -> Dict[str, torch.Tensor]:
         return {t: activate(tasks[t], raw.float()) for t, raw in model(image, affinity).items()}
 
-    t0 = time.perf_counter()
-    metrics = run_evaluators(tasks, loader, forward, device, tp["amp"], desc=f"evaluate {run_dir.name}")
-    record = {
-        "run": log["run"], "protocol": "mtl", "domain": domain, "source": log["source"],
-        "paradigm": log["paradigm"], "method": log["method"], "tasks": log["tasks"], "seed": log["seed"],
-        "params_hash": log["params_hash"], "metrics": nan_to_none(metrics),
-        "higher_is_better": {t: {m.name: m.higher_is_better for m in task.metrics} for t, task in tasks.items()},
-        "train": {"seconds": log["train_seconds"], "seconds_per_epoch": log["seconds_per_epoch"],
-                  "trainable_params": log["trainable_params"], "total_params": log["total_params"],
-                  "adapter_bytes": log["adapter_bytes"],
-                  "adapted_block_training": config["kwargs"].get("adapted_block_training"),
-                  "parameter_budget": log.get("parameter_budget")},
-        "val_images": dataset.labeled_counts(), "eval_seconds": time.perf_counter() - t0,
-    }
-    write_json(out, record)
-    summary = "; ".join(f"{t}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items()) for t, m in metrics.items())
-    print(f"[mtwork evaluate] {log['run']}: {summary}", flush=True)
-    return record
+    records = []
+    for where, root, path in [(domain or home, data_root, out), *dg]:
+        if run.protocol != PROTOCOL_MTL and where != home:
+            raise ValueError(f"run '{run.id}' is evaluated on its target '{home}' only, not on '{where}'")
+        protocol = run.protocol if run.protocol != PROTOCOL_MTL else (PROTOCOL_MTL if where == home else PROTOCOL_DG)
+        dataset = vit_dataset(params, root, "val", log["tasks"], eval_transform=True, domain=where)
+        loader = eval_loader(dataset, params["evaluate"]["batch_size"], collate, tp["workers"], device)
+        t0 = time.perf_counter()
+        metrics = run_evaluators(tasks, loader, forward, device, tp["amp"], desc=f"evaluate {run_dir.name} ({where})")
+        record = {
+            "run": log["run"], "protocol": protocol, "domain": where, "trained_on": log.get("domain", home), "source": log["source"],
+            "paradigm": log["paradigm"], "method": log["method"], "tasks": log["tasks"], "seed": log["seed"],
+            "trained_tasks": log.get("trained_tasks", log["tasks"]),
+            "params_hash": log["params_hash"], "metrics": nan_to_none(metrics),
+            "higher_is_better": {t: {m.name: m.higher_is_better for m in task.metrics} for t, task in tasks.items()},
+            "train": {"seconds": log["train_seconds"], "seconds_per_epoch": log["seconds_per_epoch"],
+                      "trainable_params": log["trainable_params"], "total_params": log["total_params"],
+                      "adapter_bytes": log["adapter_bytes"],
+                      "adapted_block_training": config["kwargs"].get("adapted_block_training"),
+                      "parameter_budget": log.get("parameter_budget")},
+            "val_images": dataset.labeled_counts(), "eval_seconds": time.perf_counter() - t0,
+        }
+        write_json(path, record)
+        summary = "; ".join(f"{t}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items()) for t, m in metrics.items())
+        print(f"[mtwork evaluate] {log['run']} ({protocol}, {where}): {summary}", flush=True)
+        records.append(record)
+    return records[0]

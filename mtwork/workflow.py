@@ -47,16 +47,20 @@ RULE_PARAM_KEYS: Dict[str, List[str]] = {
     "train": TRAIN_KEYS + ["model"],
     "evaluate": ["evaluate", "train.input_size", "train.device", "train.amp", "data.source_domain", "data.dg_domains"],
     "tables": ["checkpoints.sources", "train.tasks", "train.paradigms", "train.seeds", "data.source_domain",
-               "data.dg_domains", "vit.enabled", "vit.tasks", "vit.task_subsets", "vit.paradigms", "vit.seeds"],
-    "evaluate_vit": ["evaluate", "vit.input_size", "train.device", "train.amp", "data.source_domain"],
+               "data.dg_domains", "vit.enabled", "vit.tasks", "vit.task_subsets", "vit.paradigms", "vit.seeds",
+               "vit.source_domain", "vit.dg_domains", "vit.zero_shot", "vit.uda"],
+    "evaluate_vit": ["evaluate", "vit.input_size", "vit.label_space", "train.device", "train.amp", "vit.source_domain",
+                     "data.source_domain"],
 }
 #: What a source-2 run of rule ``train`` reads instead of RULE_PARAM_KEYS["train"]: everything of the
 #: vit block that shapes a run but its run lists (those only plan runs).
 VIT_TRAIN_PARAM_KEYS: List[str] = [
     f"vit.{k}" for k in ("source", "epochs", "batch_size", "input_size", "lr", "weight_decay", "warmup_epochs",
                          "loss_weights", "accum_steps", "task_embed_dim", "adapter_reduction", "adapted_blocks",
-                         "adapted_block_training", "troa", "troa_global")
+                         "adapted_block_training", "troa", "troa_global", "label_space")
 ] + ENGINE_KEYS
+#: What source 2's transfer runs read besides (their protocol's block: mtwork.protocols, ``param_keys``).
+VIT_PROTOCOL_PARAM_KEYS: List[str] = ["vit.zero_shot", "vit.uda"]
 
 
 def train_run_param_keys(params: Mapping[str, Any], run: "plan.RunSpec") -> List[str]:
@@ -92,11 +96,22 @@ def job_param_keys(params: Mapping[str, Any], rule: str, wildcards: Mapping[str,
     definitions of the domains it reads data from."""
     if rule == "train":
         run = plan.parse_run_id(wildcards["run"])
-        keys = VIT_TRAIN_PARAM_KEYS if plan.is_vit_run(params, run) else train_run_param_keys(params, run)
+        if plan.is_vit_run(params, run):
+            from mtwork.protocols import protocol_of
+
+            keys = VIT_TRAIN_PARAM_KEYS + protocol_of(run).param_keys(run)
+            domains = [d for d in plan.vit_train_domains(params, run) if d is not None]
+            return keys + [f"data.domains.{name}" for name in domains]
+        keys = train_run_param_keys(params, run)
     else:
         keys = list(RULE_PARAM_KEYS[rule])
-    domains = ([params["data"]["source_domain"]] if rule in _READS_SOURCE_DOMAIN
-               else plan.planned_domains(params) if rule in _READS_ALL_DOMAINS else [])
+    if rule == "evaluate_vit":
+        domains = plan.vit_domains(params)
+    elif rule == "pretrain":
+        domains = [plan.pretrain_domain(params, wildcards["source"])]
+    else:
+        domains = ([params["data"]["source_domain"]] if rule in _READS_SOURCE_DOMAIN
+                   else plan.source1_domains(params) if rule in _READS_ALL_DOMAINS else [])
     return keys + [f"data.domains.{name}" for name in domains]
 
 
@@ -118,10 +133,11 @@ def run_settings(params: Mapping[str, Any], run: "plan.RunSpec") -> Dict[str, An
 
 def rule_param_keys(rule: str) -> List[str]:
     """The keys any job of ``rule`` may read (the union over its kinds of jobs)."""
-    return RULE_PARAM_KEYS[rule] + (VIT_TRAIN_PARAM_KEYS if rule == "train" else [])
+    return RULE_PARAM_KEYS[rule] + (VIT_TRAIN_PARAM_KEYS + VIT_PROTOCOL_PARAM_KEYS if rule == "train" else [])
 
 _SOURCE1_PLAN = ["checkpoints.sources", "train.tasks", "train.paradigms", "train.seeds", "model.adapter_placement"]
-_SOURCE2_PLAN = ["vit.enabled", "vit.source", "vit.tasks", "vit.task_subsets", "vit.paradigms", "vit.seeds"]
+_SOURCE2_PLAN = ["vit.enabled", "vit.source", "vit.tasks", "vit.task_subsets", "vit.paradigms", "vit.seeds",
+                 "vit.source_domain", "vit.dg_domains", "vit.zero_shot", "vit.uda"]
 _DATA_PLAN = ["data.datasets", "data.domains", "data.source_domain", "data.dg_domains"]
 _SOURCE_DATA_PLAN = ["data.datasets", "data.source_domain"]  # jobs that read the source domain only
 
@@ -131,11 +147,12 @@ RULE_PLAN_KEYS: Dict[str, List[str]] = {
     "download": _DATA_PLAN,
     "generate_synthdrive": _DATA_PLAN,
     "check_data": _DATA_PLAN,
-    "pretrain": ["checkpoints.sources", "checkpoints.catalog", "vit.enabled", "vit.source"] + _SOURCE_DATA_PLAN,
+    "pretrain": ["checkpoints.sources", "checkpoints.catalog", "vit.enabled", "vit.source", "vit.source_domain"]
+    + _SOURCE_DATA_PLAN,
     "import_checkpoint": ["checkpoints.sources", "checkpoints.catalog", "vit.enabled", "vit.source"],
     "train": _SOURCE1_PLAN + _SOURCE2_PLAN + _SOURCE_DATA_PLAN + ["model.lv.clip_source"],
     "evaluate": _SOURCE1_PLAN + _DATA_PLAN,
-    "evaluate_vit": _SOURCE2_PLAN + _SOURCE_DATA_PLAN,
+    "evaluate_vit": _SOURCE2_PLAN + _DATA_PLAN,
     "tables": _SOURCE1_PLAN + _SOURCE2_PLAN + _DATA_PLAN,
 }
 

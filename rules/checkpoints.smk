@@ -5,8 +5,8 @@
 
 rule pretrain:
     input:
-        data=domain_input(SOURCE_DOMAIN),
-        check=domain_check(SOURCE_DOMAIN),
+        data=lambda wildcards: domain_input(pretrain_domain(wildcards)),
+        check=lambda wildcards: domain_check(pretrain_domain(wildcards)),
     output:
         str(plan.embedded_checkpoint_path("{source}")),
     log:
@@ -14,7 +14,7 @@ rule pretrain:
     params:
         args=MTWORK_ARGS,
         settings=rule_params("pretrain"),
-        domain=SOURCE_DOMAIN,
+        domain=pretrain_domain,
     threads: TRAIN_THREADS
     # every run waits for a pretraining: start them first, so that no chain of runs (e.g. source 2's,
     # behind the Swin's SimMIM) is left to run alone at the end on an otherwise idle machine

@@ -166,6 +166,13 @@ RUN_SHAPES = list(dict.fromkeys(run.id[len(run.source):] for run in RUNS))
 VIT_RUNS = plan.plan_vit_runs(P)
 SOURCE_DOMAIN = P["data"]["source_domain"]
 DG_DOMAINS = list(P["data"]["dg_domains"])
+# source 2: its source domain and the other domains its runs train or are evaluated on (DG, targets)
+VIT_SOURCE_DOMAIN = plan.vit_source_domain(P)
+VIT_OTHER_DOMAINS = [d for d in plan.vit_domains(P) if d != VIT_SOURCE_DOMAIN]
+VIT_EVALUATIONS = plan.vit_evaluations(P) if VIT_RUNS else {}
+# [(run, [metrics paths])] of every planned source-2 evaluation (plan.vit_evaluation_paths)
+VIT_METRICS = [str(path) for run, domains in VIT_EVALUATIONS.items()
+               for _, path in plan.vit_evaluation_paths(P, run, domains)]
 DATASETS = plan.planned_datasets(P)  # the datasets of the planned domains
 
 RUN_FINAL = "final.pt"  # written by `mtwork train` into the run directory (see mtwork/train.py)
@@ -226,6 +233,59 @@ def upstream_input(wildcards):
     return [str(path)] if wildcards.source in EMBEDDED_SOURCES else [ancient(str(path))]
 
 
+def _train_run(wildcards):
+    return plan.parse_run_id(wildcards.run)
+
+
+def train_domain(wildcards):
+    """The domain a run trains on with labels: data.source_domain (source 1); source 2: its protocol's
+    (vit.source_domain, a transfer's target; mtwork.protocols)."""
+    run = _train_run(wildcards)
+    return plan.vit_train_domains(P, run)[0] if plan.is_vit_run(P, run) else SOURCE_DOMAIN
+
+
+def _unlabelled_domain(wildcards):
+    run = _train_run(wildcards)
+    return plan.vit_train_domains(P, run)[1] if plan.is_vit_run(P, run) else None
+
+
+def train_data(wildcards):
+    return domain_input(train_domain(wildcards))
+
+
+def train_checks(wildcards):
+    """The data checks of every domain a training job reads."""
+    domains = [train_domain(wildcards), _unlabelled_domain(wildcards)]
+    return list(dict.fromkeys(domain_check(d) for d in domains if d is not None))
+
+
+def train_target_data(wildcards):
+    """A UDA run's unlabelled target domain's data ([] for every other run)."""
+    target = _unlabelled_domain(wildcards)
+    return [] if target is None else [domain_input(target)]
+
+
+def train_init(wildcards):
+    """The final.pt and log.json of the run a transfer run starts from ([] for every other run)."""
+    run = _train_run(wildcards)
+    init = plan.vit_init_run(run) if plan.is_vit_run(P, run) else None
+    return [] if init is None else [run_file(init.id, RUN_FINAL), run_file(init.id, RUN_LOG)]
+
+
+def transfer_args(wildcards, input):
+    """`--init DIR` and `--target-data ROOT` of source 2's transfer runs (empty for every other run)."""
+    args = []
+    if input.init:
+        args.append(f"--init {shlex.quote(str(Path(input.init[0]).parent))}")
+    if input.target:
+        args.append(f"--target-data {shlex.quote(str(input.target[0]))}")
+    return " ".join(args)
+
+
+def pretrain_domain(wildcards):
+    return plan.pretrain_domain(P, wildcards.source)
+
+
 def train_checkpoint(wildcards):
     """The converted backbone a run starts from (its source is part of the run id)."""
     return str(plan.pretrained_path(plan.parse_run_id(wildcards.run).source))
@@ -238,14 +298,18 @@ def dg_args(wildcards, input):
     )
 
 
-def parent_dir(name, levels=1):
-    """A params function: the directory `levels` up from the first file of input `name`."""
+def parent_dir(name, levels=1, *fallbacks):
+    """A params function: the directory `levels` up from the first file of input `name`; when that input
+    is empty (e.g. no source-1 run), of the first non-empty `(name, levels)` of `fallbacks`."""
 
     def get(wildcards, input):
-        path = Path(input[name][0])
-        for _ in range(levels):
-            path = path.parent
-        return str(path)
+        for key, up in ((name, levels), *fallbacks):
+            if input[key]:
+                path = Path(input[key][0])
+                for _ in range(up):
+                    path = path.parent
+                return str(path)
+        raise ValueError(f"no input file in {[name, *(k for k, _ in fallbacks)]} to take a folder from")
 
     return get
 
@@ -297,7 +361,7 @@ def outputs_by_rule():
         ("train", [run_file(run.id, name) for run in [*RUNS, *VIT_RUNS] for name in (RUN_FINAL, RUN_LOG)]),
         ("evaluate", [str(plan.metrics_path(run.id, plan.PROTOCOL_MTL)) for run in RUNS]
          + [str(plan.metrics_path(run.id, plan.PROTOCOL_DG, d)) for d in DG_DOMAINS for run in RUNS]),
-        ("evaluate_vit", [str(plan.vit_metrics_path(run.id)) for run in VIT_RUNS]),
+        ("evaluate_vit", VIT_METRICS),
         ("tables", [TABLES_DIR, FIGURES_DIR]),
     ]
 

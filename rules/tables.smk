@@ -6,7 +6,7 @@ rule tables:
         mtl=[str(plan.metrics_path(run.id, plan.PROTOCOL_MTL)) for run in RUNS],
         dg=[str(plan.metrics_path(run.id, plan.PROTOCOL_DG, domain)) for domain in DG_DOMAINS for run in RUNS],
         logs=[run_file(run.id, RUN_LOG) for run in RUNS],
-        vit=[str(plan.vit_metrics_path(run.id)) for run in VIT_RUNS],
+        vit=VIT_METRICS,
         vit_logs=[str(plan.run_dir(run.id) / RUN_LOG) for run in VIT_RUNS],
     output:
         tables=directory(TABLES_DIR),
@@ -16,8 +16,8 @@ rule tables:
     params:
         args=MTWORK_ARGS,
         settings=rule_params("tables"),
-        metrics_dir=parent_dir("mtl"),  # results/metrics
-        runs_dir=parent_dir("logs", levels=2),  # models/runs
+        metrics_dir=parent_dir("mtl", 1, ("vit", 2)),  # results/metrics (vit: the first is vit/<run>.json)
+        runs_dir=parent_dir("logs", 2, ("vit_logs", 2)),  # models/runs
     conda:
         CONDA_ENV
     shell:

@@ -73,6 +73,9 @@ ROW_KEYS: Tuple[RowKey, ...] = (
     # where source 1's multi-scale adapters sit ("" for methods without them): a column when a table
     # compares both placements (model.adapter_placement: [outputs, stages])
     RowKey("adapter_placement"),
+    # what the record measures (source 2's transfer tables): mtl, dg (a run evaluated where it never
+    # trained: also the "source only" rows), zeroshot, uda, oracle (mtwork.protocols)
+    RowKey("protocol"),
 )
 ROW: Tuple[str, ...] = tuple(k.name for k in ROW_KEYS)
 #: What a multi-task run shares with the single-task runs that are its Δm baselines (besides the seed).

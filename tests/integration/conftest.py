@@ -169,6 +169,10 @@ elif verb == "import-checkpoint":
     write(argv[-1])
 elif verb == "train":
     need(opt("--data")), need(opt("--checkpoint"))
+    if opt("--init"):  # source 2's transfer runs start from a finished run
+        need(Path(opt("--init")) / "final.pt")
+    if opt("--target-data"):
+        need(opt("--target-data"))
     out = Path(opt("--out"))
     for name in ("final.pt", "log.json", "epoch_000.pt"):
         write(out / name)
@@ -181,12 +185,14 @@ elif verb == "evaluate":
             need(argv[i + 1])
     for run_dir in run_dirs:
         need(run_dir / "final.pt")
-    from mtwork.plan import is_vit_run, metrics_path, parse_run_id, vit_metrics_path
+    from mtwork.plan import is_vit_run, metrics_path, parse_run_id, vit_evaluation_paths, vit_evaluations
 
     root = Path(opt("--metrics-dir"))  # the files go where mtwork.plan puts them
     for run_dir in run_dirs:
-        if is_vit_run(params, parse_run_id(run_dir.name)):
-            write(vit_metrics_path(run_dir.name, root))
+        run = parse_run_id(run_dir.name)
+        if is_vit_run(params, run):  # every domain the plan evaluates it on
+            for _, path in vit_evaluation_paths(params, run, vit_evaluations(params)[run], root):
+                write(path)
             continue
         write(metrics_path(run_dir.name, "mtl", None, root))
         for domain in dg_domains:

@@ -39,6 +39,10 @@ TINY = [
     "vit__tasks=[semseg, depth]",
     "vit__task_subsets=[]",
     "vit__paradigms=[vtagml, vtagml_no_troa]",
+    # source 2's transfers to night (zero-shot: finetune semseg, depth zero-shot; UDA on S-D) and DG to dusk_fog
+    "vit__zero_shot__finetune_tasks=[semseg]",
+    "vit__zero_shot__paradigms=[vtagml]",
+    "vit__uda__paradigms=[vtagml, frozen_multiscale_adapter]",
 ]
 
 
@@ -88,6 +92,18 @@ def test_tiny_pipeline_end_to_end(workflow_dir: Path, wt):
         assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     vit_md = (tables / "vit_mtl.md").read_text()
     assert "VTAGML" in vit_md and (tables / "vit_params.md").is_file()
+    # the transfer tables: source only, the transfer runs and the target oracle are rows whose values differ
+    for stem, transfer in (("vit_zero_shot", "zeroshot"), ("vit_uda", "uda"), ("vit_dg", "dg")):
+        with open(tables / f"{stem}.csv", newline="") as fh:
+            vit_rows = list(csv.DictReader(fh))
+        if stem == "vit_dg":
+            # the UDA protocol's mtl run (frozen multi-scale adapter on S-D = vit.tasks) is a method row too
+            assert {(r["domain"], r["paradigm"]) for r in vit_rows} == {
+                ("dusk_fog", p) for p in ("single_task", "vtagml", "vtagml_no_troa", "frozen_multiscale_adapter")}
+        else:
+            assert {r["protocol"] for r in vit_rows} == {"dg", transfer, "oracle"}, stem
+        values = [(r["semseg_miou_mean"], r["depth_rmse_mean"]) for r in vit_rows]
+        assert len(set(values)) == len(values), (stem, values)
 
     again = wt.snakemake(wf, "--profile", "profiles/local", "results/tables", "--config", *TINY)
     assert "Nothing to be done" in again.stdout + again.stderr, again.stdout[-3000:]

@@ -60,7 +60,8 @@ def _edit_params(wf: Path, edit) -> None:
 
 def small_plan(wf: Path) -> None:
     """Shrink the plan of a workflow copy so that tests that run every job through the stand-in
-    mtwork stay fast: 3 sources x 3 paradigms, 1 seed, 3 ViT runs."""
+    mtwork stay fast: 3 sources x 3 paradigms, 1 seed, 7 ViT runs (2 single-task, VTAGML, its zero-shot
+    and UDA runs, 2 target oracles)."""
 
     def edit(params):
         params["checkpoints"]["sources"] = ["random", "moco_v2", "clip_tiny"]
@@ -69,6 +70,9 @@ def small_plan(wf: Path) -> None:
         params["vit"]["tasks"] = ["semseg", "depth"]
         params["vit"]["task_subsets"] = []
         params["vit"]["paradigms"] = ["vtagml"]
+        # one zero-shot and one UDA run (and the target oracles): every kind of source-2 job
+        params["vit"]["zero_shot"].update(finetune_tasks=["semseg"], paradigms=["vtagml"])
+        params["vit"]["uda"].update(paradigms=["vtagml"])
 
     _edit_params(wf, edit)
 
@@ -308,7 +312,9 @@ KEY_STAGES = [
     (("data", "synthdrive", "seed"), 3, {"data"}),
     (("evaluate", "batch_size"), 4, {"evaluate"}),
     (("data", "dg_domains"), ["night"], {"data", "evaluate", "tables"}),
-    (("data", "domains", "clear_day", "attributes", "timeofday"), "night", {"checkpoints", "train", "evaluate"}),
+    # a domain's definition: every stage that tracks data.domains (the data checks and the tables plan from it too)
+    (("data", "domains", "clear_day", "attributes", "timeofday"), "night",
+     {"data", "checkpoints", "train", "evaluate", "tables"}),
     (("scale",), "paper", {"data", "checkpoints", "train", "evaluate", "tables"}),
 ]
 
@@ -390,7 +396,7 @@ def test_dvc_push_and_pull_restore_a_finished_run_in_a_fresh_clone(workflow_dir:
     wt.run(["git", "clone", "-q", str(workflow_dir), str(clone)], tmp_path, env=env)
     assert not (clone / "models").exists()
     wt.run(["dvc", "pull"], clone, env=env, timeout=600)
-    for name in ("results/tables/mtl.md", "models/pretrained/moco_v2.pt", "data/checks/clear_day.json"):
+    for name in ("results/tables/mtl.md", "models/pretrained/moco_v2.pt", "data/checks/synthdrive.json"):
         assert (clone / name).read_bytes() == (workflow_dir / name).read_bytes(), name
     out = wt.snakemake(clone, "-n", "results/tables", env=env)
     assert "Nothing to be done" in out.stdout + out.stderr, out.stdout[-3000:]

@@ -59,8 +59,11 @@ def _records():
 
 
 def _stat(frame, paradigm, column):
-    # row keys: source, domain, tasks, paradigm, adapter placement ("" in these records), then the column
-    return summarize(frame).loc[("moco_v2", "", "semseg-drivable-det", paradigm, "", column)]
+    from mtwork.report.records import ROW
+
+    # the row keys these records fill; every other row key ("" in these records), then the column
+    known = {"source": "moco_v2", "tasks": "semseg-drivable-det", "paradigm": paradigm}
+    return summarize(frame).loc[tuple(known.get(k, "") for k in ROW) + (column,)]
 
 
 def test_frame_folds_seeds_and_single_task_runs():

@@ -27,7 +27,8 @@ def test_domains_resolve_to_a_dataset_root_and_filter():
     src = domain(params, "clear_day")
     assert (src.dataset, src.format, str(src.root)) == ("synthdrive", "bdd100k", "data/synthdrive")
     assert src.attributes == {"weather": "clear", "timeofday": "daytime"}
-    assert planned_domains(params) == ["clear_day", "dusk_fog"] and planned_datasets(params) == ["synthdrive"]
+    # source 1: the source and DG domains; source 2 adds its transfer target
+    assert planned_domains(params) == ["clear_day", "dusk_fog", "night"] and planned_datasets(params) == ["synthdrive"]
     user = load_params(PARAMS, ["data.datasets.synthdrive.generate=false", "data.datasets.synthdrive.root=/d/sd"])
     assert str(domain(user, "night").root) == "/d/sd"
 
