@@ -380,6 +380,11 @@ def record_for_dvc():
     targets = {str(f) for f in workflow.dag.targetfiles} | {job.rule.name for job in workflow.dag.targetjobs}
     if TABLES_DIR not in targets and "all" not in targets:
         return
+    if OVERRIDES:  # DVC's lock would claim these outputs came from params.yaml's values
+        print(f"mtwork: outputs not recorded for DVC: they were made with --config/--configfile values "
+              f"({' '.join(OVERRIDES)}); DVC tracks params.yaml: write them there (or use dvc exp run -S)",
+              file=sys.stderr)
+        return
     try:
         stages = mtworkflow.record_outputs(".")
     except mtworkflow.RecordSkipped as why:

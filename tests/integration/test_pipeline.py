@@ -1,14 +1,18 @@
-"""The real pipeline end to end on a tiny configuration (marked slow: a few minutes on 2 CPU cores).
+"""The real pipeline end to end on the smoke configuration (configs/smoke.yaml; marked slow: a few
+minutes on 2 CPU cores).
 
-Runs `snakemake --profile profiles/local results/tables` in a temporary copy of the workflow files
-with `--config` overrides that make everything tiny (SynthDrive 8+4 images per set at 64x112,
-input 64x96, 2 epochs with 1 adapt epoch, one MoCo epoch on small crops), then checks the tables
-(results/tables/mtl.md|.tex|.csv with one row per checkpoint source x paradigm, and the DG table),
-the training-curve figure, and that a second run has nothing to do.
+Runs `snakemake --profile profiles/local results/tables --configfile configs/smoke.yaml` in a temporary
+copy of the workflow files (SynthDrive 8+8 images per set and preset at 64x112, input 64x96, 2 epochs
+with 1 adapt epoch, one MoCo epoch on small crops; source 2 on S-D with its transfer protocols), then
+checks the tables (results/tables/mtl.md|.tex|.csv with one row per checkpoint source x paradigm, the DG
+table, source 2's tables), the figures, that the finished run is recorded for DVC (`dvc status` clean,
+`dvc repro` with nothing to do), and that a second run has nothing to do.
 """
 from __future__ import annotations
 
 import csv
+import json
+import shutil
 import time
 from pathlib import Path
 
@@ -18,39 +22,27 @@ from mtwork.config import read_params_file
 
 pytestmark = pytest.mark.slow
 
-TINY = [
-    "data__synthdrive__counts={det: {train: 8, val: 4}, seg: {train: 8, val: 4}}",
-    "data__synthdrive__image_size=[64, 112]",
-    "train__input_size=[64, 96]",
-    "train__epochs=2",
-    "train__adapt_epochs=1",
-    "train__batch_size=4",
-    "train__seeds=[0]",
-    "checkpoints__sources=[random, moco_v2]",
-    "checkpoints__pretrain={epochs: 1, batch_size: 8, crop: 32}",
-    "checkpoints__catalog__moco_v2__pretrain__queue_size=64",
-    "checkpoints__catalog__clip_tiny__pretrain__epochs=1",  # the LV-Adapter's text tower
-    "checkpoints__catalog__swin_simmim__pretrain={epochs: 1, batch_size: 8, crop: 64}",
-    "evaluate__batch_size=4",
-    # source 2: VTAGML with TROA and one ablation on two tasks, against their single-task baselines
-    "vit__epochs=1",
-    "vit__batch_size=4",
-    "vit__input_size=[64, 96]",
-    "vit__tasks=[semseg, depth]",
-    "vit__task_subsets=[]",
-    "vit__paradigms=[vtagml, vtagml_no_troa]",
-    # source 2's transfers to night (zero-shot: finetune semseg, depth zero-shot; UDA on S-D) and DG to dusk_fog
-    "vit__zero_shot__finetune_tasks=[semseg]",
-    "vit__zero_shot__paradigms=[vtagml]",
-    "vit__uda__paradigms=[vtagml, frozen_multiscale_adapter]",
-]
+SMOKE: list = []  # the smoke settings are written into the copy's params.yaml (what DVC tracks)
+
+
+def _smoke_params(wf: Path) -> None:
+    """params.yaml of the workflow copy with configs/smoke.yaml merged in: outputs made from params.yaml
+    alone are recorded for DVC (with --configfile values they are not: DVC tracks params.yaml)."""
+    from mtwork.config import deep_merge, yaml_dump, yaml_load
+
+    smoke = yaml_load((wf / "configs" / "smoke.yaml").read_text())
+    params = yaml_load((wf / "params.yaml").read_text())
+    (wf / "params.yaml").write_text(yaml_dump(deep_merge(params, smoke)))
 
 
 def test_tiny_pipeline_end_to_end(workflow_dir: Path, wt):
     wf = workflow_dir
+    shutil.copytree(wt.REPO / "configs", wf / "configs")
+    _smoke_params(wf)
     t0 = time.perf_counter()
-    wt.snakemake(wf, "--profile", "profiles/local", "results/tables", "--config", *TINY, timeout=3600)
+    run = wt.snakemake(wf, "--profile", "profiles/local", "results/tables", *SMOKE, timeout=3600)
     elapsed = time.perf_counter() - t0
+    assert "recorded (dvc status is clean)" in run.stderr, run.stderr[-3000:]
 
     params = read_params_file(wf / "params.yaml")
     sources = ["random", "moco_v2"]
@@ -105,6 +97,10 @@ def test_tiny_pipeline_end_to_end(workflow_dir: Path, wt):
         values = [(r["semseg_miou_mean"], r["depth_rmse_mean"]) for r in vit_rows]
         assert len(set(values)) == len(values), (stem, values)
 
-    again = wt.snakemake(wf, "--profile", "profiles/local", "results/tables", "--config", *TINY)
+    again = wt.snakemake(wf, "--profile", "profiles/local", "results/tables", *SMOKE)
     assert "Nothing to be done" in again.stdout + again.stderr, again.stdout[-3000:]
-    print(f"tiny pipeline: {elapsed:.0f} s")
+    # recorded for DVC: nothing changed, nothing to reproduce
+    assert json.loads(wt.run(["dvc", "status", "--json"], wf).stdout or "{}") == {}
+    repro = wt.run(["dvc", "repro"], wf)
+    assert "Running stage" not in repro.stdout, repro.stdout[-3000:]
+    print(f"smoke pipeline: {elapsed:.0f} s")
