@@ -30,9 +30,11 @@ TINY = [
     "checkpoints__catalog__moco_v2__pretrain__queue_size=64",
     "checkpoints__catalog__clip_tiny__pretrain__epochs=1",  # the LV-Adapter's text tower
     "checkpoints__catalog__swin_simmim__pretrain={epochs: 1, batch_size: 8, crop: 64}",
+    "checkpoints__catalog__swin_simmim__pretrain__steps=2",  # params.yaml's steps win over epochs
     "evaluate__batch_size=4",
     # source 2: VTAGML with TROA and one ablation on two tasks, against their single-task baselines
     "vit__epochs=1",
+    "vit__seeds=[0]",
     "vit__batch_size=4",
     "vit__input_size=[64, 96]",
     "vit__tasks=[semseg, depth]",
