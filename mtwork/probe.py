@@ -64,8 +64,8 @@ class Features:
     """An encoder's frozen stage maps over a split, plus what training and scoring need.
 
     ``maps[i]``: (N, C_i, H_i, W_i) float32; ``targets``: (N, H, W) int64 class ids in the input frame
-    (255 = ignore, padding included); ``batches``: the collated eval batches (on-disk masks, sizes) in
-    order, so that the i-th image of the split is batch ``i // batch_size``'s ``i % batch_size``-th.
+    (255 = ignore, padding included); ``batches``: the collated eval batches (on-disk masks, sizes)
+    restricted to the kept images, in the order of the rows of ``maps`` and ``targets``.
     """
 
     maps: List[torch.Tensor]
@@ -126,18 +126,19 @@ def collect_features(encode: Encoder, dataset, task: str, batch_size: int) -> Fe
     return Features([torch.cat(m) for m in maps], torch.stack(targets), batches)
 
 
-def _select(batch: Dict[str, Any], keep: torch.Tensor) -> Dict[str, Any]:
-    """The rows ``keep`` of a collated batch (tensors indexed, lists picked, dicts recursed)."""
+def _select(batch: Mapping[str, Any], keep: torch.Tensor, size: Optional[int] = None) -> Dict[str, Any]:
+    """The rows ``keep`` of a collated batch of ``size`` samples (default: its images): per-sample tensors
+    are indexed, per-sample lists picked, nested mappings (``labeled``) treated alike, the rest kept."""
+    size = len(batch["image"]) if size is None else size
     index = keep.tolist()
     out: Dict[str, Any] = {}
     for key, value in batch.items():
-        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == len(batch["image"]):
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == size:
             out[key] = value[keep]
-        elif isinstance(value, list) and len(value) == len(batch["image"]):
+        elif isinstance(value, list) and len(value) == size:
             out[key] = [value[i] for i in index]
-        elif isinstance(value, dict):
-            out[key] = _select({**value, "image": batch["image"]}, keep)
-            out[key].pop("image")
+        elif isinstance(value, Mapping):
+            out[key] = _select(value, keep, size)
         else:
             out[key] = value
     return out

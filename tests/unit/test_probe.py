@@ -127,6 +127,17 @@ def test_probe_is_deterministic_for_a_seed():
     assert a == b
 
 
+def test_images_without_the_label_are_left_out():
+    train, val = _toy_set(4, seed=0), _toy_set(3, seed=1)
+    unlabelled = [{k: v for k, v in sample.items() if k != "semseg"} for sample in _toy_set(2, seed=5)]
+    settings = ProbeSettings(steps=20, pixels_per_image=64, batch_size=3)  # batches mix both kinds
+    plain = probe_encoder(_informative, train, val, _Task(), settings)
+    mixed = probe_encoder(_informative, unlabelled[:1] + train + unlabelled[1:], val[:1] + unlabelled + val[1:],
+                          _Task(), settings)
+    for name in plain:
+        assert mixed[name] == pytest.approx(plain[name], abs=1e-6)
+
+
 def test_probe_settings_are_checked():
     with pytest.raises(ValueError, match="'steps' must be >= 1"):
         ProbeSettings(steps=0)
