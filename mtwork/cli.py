@@ -13,6 +13,7 @@
     mtwork record             commit a finished run's outputs to DVC (the Snakefile does it on success)
     mtwork score              score Scalabel detections / mask PNGs against BDD100K labels (official protocol)
     mtwork bench              training-step, loader and MFU numbers of this machine (docs/benchmarks.md)
+    mtwork probe              linear-probe segmentation on a frozen Swin-V2's features (pretrained vs random)
 
 Snakemake rules and DVC stages call these and nothing else. Imports are lazy so ``--help`` is fast.
 """
@@ -348,6 +349,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(_params(args), args, sys.argv[2:] if len(sys.argv) > 1 and sys.argv[1] == "bench" else None)
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    from mtwork.io import write_json
+    from mtwork.plan import source_arch
+    from mtwork.probe import ProbeSettings, probe_swin
+
+    if not args.checkpoint and not args.random:
+        raise UserError("nothing to probe: give --checkpoint FILE (repeatable) and/or --random")
+    params = _params(args)
+    arch = args.arch or source_arch(params, params["vit"]["source"])
+    size = tuple(params["vit"]["input_size"])
+    settings = ProbeSettings(**({"steps": args.steps} if args.steps is not None else {}))
+    encoders = [(str(c), c) for c in args.checkpoint] + ([(f"random (seed {args.seed})", None)] if args.random else [])
+    records = []
+    for label, checkpoint in encoders:
+        record = probe_swin(args.data, arch, size, checkpoint, seed=args.seed, settings=settings)
+        records.append(record)
+        print(f"[mtwork probe] {label}: " + ", ".join(
+            f"{name} mIoU {m['miou']:.1f} / acc {m['pixel_acc']:.1f}" for name, m in record["results"].items()),
+            flush=True)
+    if args.out is not None:
+        write_json(args.out, {"encoders": records})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtwork", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="print the full traceback of every error")
@@ -441,6 +466,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delete-archives", action="store_true", help="delete the archives after a successful extraction")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per connection and per read")
     p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser(
+        "probe",
+        help="linear-probe segmentation on frozen Swin-V2 features: does a pretrained encoder carry information?",
+        description="Trains a 1x1 conv on each frozen stage map (and on all of them) of the encoder for semantic "
+        "segmentation on the data root's train split and scores it on val (mtwork/probe.py). Input size: "
+        "vit.input_size; arch: vit.source's, unless --arch.",
+    )
+    _add_params(p)
+    p.add_argument("--data", required=True, type=Path, help="BDD100K-layout root with sem_seg labels")
+    p.add_argument("--checkpoint", action="append", default=[], type=Path,
+                   help="a converted Swin-V2 file (mtwork import-checkpoint); repeatable")
+    p.add_argument("--random", action="store_true", help="also probe a randomly initialised Swin-V2 (the control)")
+    p.add_argument("--seed", type=int, default=0, help="initialisation seed of --random")
+    p.add_argument("--arch", default=None, help="swin:<name> (default: the arch of vit.source)")
+    p.add_argument("--steps", type=int, default=None, help="optimisation steps of each probe")
+    p.add_argument("--out", type=Path, default=None, help="write the results as JSON")
+    p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser(
         "train", help="train one run (adapt and/or finetune stages)",

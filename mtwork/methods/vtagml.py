@@ -66,6 +66,16 @@ ADAPTER_VERSION = 1
 
 BlockId = Tuple[int, int]
 
+#: Std of the task-embedding table E at initialisation: 1, the N(0, 1) of ``nn.Embedding``, the lookup
+#: table of the released code (``task_type_embeddings``). TAA's and TSN's FiLM maps start at zero, so
+#: the scale of E leaves the model exact at initialisation; it sets how fast the task-specific
+#: modulation grows: each FiLM output is a dot product with e (D values), and AdamW moves the FiLM
+#: weights by about ``lr`` per step whatever e's scale, so ``gamma(e)`` and ``beta(e)`` grow in
+#: proportion to |e|. At 0.02 (mtwork's earlier choice) TAA's task bias stayed below 1 % of the
+#: attention logits' spread after a short schedule, and the "- TAA" ablation changed the features by
+#: 0.2 % (docs/vit_adapters.md, "How much TAA and TSN act").
+TASK_EMBED_INIT_STD = 1.0
+
 
 # ----------------------------------------------------------------------------------------------------------
 # adapter block
@@ -390,8 +400,8 @@ class VTAGMLModel(_SwinMultiTaskModel):
         self.adapted_blocks: List[BlockId] = blocks
         self.use_taa, self.use_tsn = bool(use_taa), bool(use_tsn)
         self.task_embed_dim, self.adapter_reduction = int(task_embed_dim), int(adapter_reduction)
-        # learned task embeddings E (T, D); small random init so that tasks differ from the start
-        self.task_embedding = nn.Parameter(torch.randn(len(self.task_names), self.task_embed_dim) * 0.02)
+        # learned task embeddings E (T, D), N(0, TASK_EMBED_INIT_STD^2): tasks differ from the start
+        self.task_embedding = nn.Parameter(torch.randn(len(self.task_names), self.task_embed_dim) * TASK_EMBED_INIT_STD)
         self.adapters = nn.ModuleDict()
         prev_hidden: Optional[int] = None
         for s, b in blocks:
@@ -499,6 +509,86 @@ class VTAGMLModel(_SwinMultiTaskModel):
         for module in self._full_training_modules():
             params.extend(p for p in module.parameters() if p.requires_grad and id(p) not in seen)
         return params
+
+    @torch.no_grad()
+    def modulation_effects(self, image: torch.Tensor, affinity: Optional[torch.Tensor] = None) -> Dict[str, Dict[str, float]]:
+        """How much TAA and TSN change what the adapted blocks compute, per task (a diagnostic; no state changes).
+
+        For each task t, on ``image`` (B, 3, H, W) with t's embedding ``e'_t`` (``task_embeddings(affinity)``):
+
+        - ``taa_feature`` / ``tsn_feature``: the relative change of the last stage's output map when the
+          adapter blocks' TAA (resp. TSN) is replaced by the pretrained attention (resp. LayerNorms), as the
+          "- TAA" / "- TSN" ablations do with the same weights: ``||f - f_off|| / ||f||`` (0 when the model
+          has no TAA / TSN);
+        - ``taa_logit_ratio``: TAA's task bias ``A'(e)`` against the pretrained logits it is added to
+          (cosine term + position bias), each measured as the std over keys of one query's row (what the
+          softmax responds to), averaged over rows, windows and TAA blocks;
+        - ``tsn_gamma``: mean ``|gamma(e)|`` of the TSN layers (the relative change of the LayerNorm
+          scale); ``tsn_weight``: mean ``|weight|`` of the pretrained LayerNorms it scales (Swin-V2's
+          residual post-norms: their size bounds what ``gamma`` can do); ``tsn_beta``: mean ``|beta(e)|``.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            emb = self.task_embeddings(affinity)
+            x, maps = self._shared_prefix(image)
+            taas = [blk.taa for blk in self.adapters.values() if blk.taa is not None]
+            tsns = [n for blk in self.adapters.values() for n in (blk.norm1, blk.norm2) if n is not None]
+            captured: List[Tuple[TaskAdaptedAttention, torch.Tensor, Optional[torch.Tensor]]] = []
+
+            def capture(module, args, kwargs):
+                captured.append((module, args[0], kwargs.get("mask")))
+
+            report: Dict[str, Dict[str, float]] = {}
+            for t, name in enumerate(self.task_names):
+                e = emb[t]
+                captured.clear()
+                handles = [m.register_forward_pre_hook(capture, with_kwargs=True) for m in taas]
+                try:
+                    full = self._task_part(x, maps, e)[-1]
+                finally:
+                    for h in handles:
+                        h.remove()
+                ratios = []
+                for taa, windows, mask in captured:
+                    bias = taa.task_bias(e)  # (heads, N, N)
+                    pretrained = taa.logits(windows, None, None)  # (B_*, heads, N, N), no shift mask
+                    ratios.append(float(bias.std(dim=-1).mean() / pretrained.std(dim=-1).mean().clamp_min(1e-12)))
+                entry = {"taa_logit_ratio": sum(ratios) / len(ratios) if ratios else 0.0}
+                for key, switch in (("taa_feature", "taa"), ("tsn_feature", "tsn")):
+                    with self._switched_off(switch) as changed:
+                        off = self._task_part(x, maps, e)[-1] if changed else full
+                    entry[key] = float((full - off).norm() / full.norm().clamp_min(1e-12))
+                if tsns:
+                    entry["tsn_gamma"] = float(torch.stack([n.gamma(e).abs().mean() for n in tsns]).mean())
+                    entry["tsn_beta"] = float(torch.stack([n.beta(e).abs().mean() for n in tsns]).mean())
+                    entry["tsn_weight"] = float(torch.stack([n.norm.weight.abs().mean() for n in tsns]).mean())
+                report[name] = entry
+            return report
+        finally:
+            self.train(was_training)
+
+    def _switched_off(self, which: str):
+        """Context manager: the adapter blocks' TAA (``which="taa"``) or TSN (``"tsn"``) modules detached
+        for its duration, so the blocks use the pretrained attention / LayerNorms; yields whether any was."""
+        from contextlib import contextmanager
+
+        @contextmanager
+        def manager():
+            saved = []
+            for blk in self.adapters.values():
+                for attr in (("taa",) if which == "taa" else ("norm1", "norm2")):
+                    module = getattr(blk, attr)
+                    if module is not None:
+                        saved.append((blk, attr, module))
+                        setattr(blk, attr, None)
+            try:
+                yield bool(saved)
+            finally:
+                for blk, attr, module in saved:
+                    setattr(blk, attr, module)
+
+        return manager()
 
 
 # ----------------------------------------------------------------------------------------------------------

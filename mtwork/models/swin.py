@@ -31,32 +31,73 @@ import torch
 from timm.models.swin_transformer_v2 import SwinTransformerV2
 from torch import nn
 
-#: Configurations by arch name: keyword arguments of timm's ``SwinTransformerV2``.
+#: Residual post-norm weight of the embedded tiny Swin at initialisation (see ``init_res_post_norm``).
+#: Chosen by measurement (docs/vit_adapters.md, "The frozen Swin carries information"): with 100 SimMIM
+#: steps, 0.3 reached the SimMIM loss of timm's 0 and a linear probe at least as good, 1.0 trained
+#: unstably to a higher loss and a worse probe.
+RES_POST_NORM_INIT_TINY = 0.3
+
+#: Configurations by arch name: keyword arguments of timm's ``SwinTransformerV2``, plus mtwork's own
+#: ``res_post_norm_init`` (see ``init_res_post_norm``; absent = timm's 0).
 SWIN_CONFIGS: Dict[str, Dict[str, Any]] = {
     # source 2's backbone (timm's registered model of the same name)
     "swinv2_base_window12_192": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=12),
     # the same at 256 px with window 16 (timm's registered swinv2_base_window16_256)
     "swinv2_base_window16_256": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=16),
     # embedded default: ~2.7 M parameters; window 4 divides every stage of a 64x112 or 128x224 input
-    "mtwork_swinv2_tiny": dict(embed_dim=32, depths=(2, 2, 4, 2), num_heads=(1, 2, 4, 8), window_size=4),
+    "mtwork_swinv2_tiny": dict(embed_dim=32, depths=(2, 2, 4, 2), num_heads=(1, 2, 4, 8), window_size=4,
+                               res_post_norm_init=RES_POST_NORM_INIT_TINY),
 }
 
 
 def swin_config(arch: str) -> Dict[str, Any]:
+    """The timm keyword arguments of ``arch`` (without mtwork's ``res_post_norm_init``)."""
     try:
-        return dict(SWIN_CONFIGS[arch])
+        config = dict(SWIN_CONFIGS[arch])
     except KeyError:
         raise ValueError(f"unknown Swin-V2 arch '{arch}'; known: {', '.join(sorted(SWIN_CONFIGS))}") from None
+    config.pop("res_post_norm_init", None)
+    return config
+
+
+def res_post_norm_init(arch: str) -> float:
+    """The post-norm weight ``arch`` starts from: 0 (timm's) unless its config says otherwise."""
+    swin_config(arch)  # unknown arch -> ValueError
+    return float(SWIN_CONFIGS[arch].get("res_post_norm_init", 0.0))
+
+
+@torch.no_grad()
+def init_res_post_norm(model: SwinTransformerV2, weight: float) -> None:
+    """Set the weight of every block's residual post-norm (``norm1``, ``norm2``) to ``weight``, bias 0.
+
+    Swin-V2 normalises each residual branch's output *before* adding it (``x + norm(attn(x))``). timm,
+    like the official code (``_init_respostnorm``), starts these weights at 0, so that at initialisation
+    every block is the identity and the network only grows its blocks' contribution over a long
+    pretraining (hundreds of epochs upstream). A short embedded pretraining moves them only by about
+    ``lr`` per AdamW step (100 steps at 1e-3 left them at 0.001-0.02), leaving the frozen blocks close
+    to the identity. Everything source 2's adapters do inside a block passes through these weights (TAA
+    changes the attention before ``norm1``; TSN scales ``weight``), so near-zero weights would also
+    silence TAA and TSN. The tiny Swin therefore starts from ``RES_POST_NORM_INIT_TINY``: each branch
+    adds a LayerNorm-normalised update of that RMS from the first step.
+    """
+    for layer in model.layers:
+        for block in layer.blocks:
+            for norm in (block.norm1, block.norm2):
+                norm.weight.fill_(float(weight))
+                norm.bias.zero_()
 
 
 def create_swinv2(arch: str, img_size: Tuple[int, int], drop_path_rate: float = 0.0) -> SwinTransformerV2:
-    """A randomly initialised timm Swin-V2 encoder (no classifier) for inputs of ``img_size`` (H, W) px.
+    """A randomly initialised timm Swin-V2 encoder (no classifier) for inputs of ``img_size`` (H, W) px,
+    its residual post-norms set by ``init_res_post_norm(model, res_post_norm_init(arch))``.
 
     ``drop_path_rate`` defaults to 0: the encoder is frozen in source 2's method, and stochastic depth
     on frozen blocks would only add noise.
     """
-    return SwinTransformerV2(img_size=tuple(int(s) for s in img_size), num_classes=0,
-                             drop_path_rate=drop_path_rate, **swin_config(arch))
+    model = SwinTransformerV2(img_size=tuple(int(s) for s in img_size), num_classes=0,
+                              drop_path_rate=drop_path_rate, **swin_config(arch))
+    init_res_post_norm(model, res_post_norm_init(arch))
+    return model
 
 
 def swin_channels(model: SwinTransformerV2) -> List[int]:
@@ -95,6 +136,7 @@ class SwinV2Features(SwinTransformerV2):
         from timm.models._features import FeatureInfo
 
         self.feature_info = FeatureInfo(list(self.feature_info), out_indices=(0, 1, 2, 3))
+        init_res_post_norm(self, res_post_norm_init(arch))
 
     def forward(self, image: torch.Tensor) -> List[torch.Tensor]:  # type: ignore[override]
         return encoder_maps(self, image)

@@ -197,6 +197,7 @@ def pretrain_simmim(
     num_threads: Optional[int] = None,
     progress: bool = True,
     num_workers: int = 0,
+    steps: Optional[int] = None,
 ) -> Dict:
     """Pretrain the Swin-V2 ``arch`` with SimMIM on every JPEG under ``image_dirs``; save the encoder.
 
@@ -207,22 +208,28 @@ def pretrain_simmim(
     ``timm`` checkpoint format) and ``out.with_suffix(".json")`` (config, per-epoch losses), atomically,
     after training succeeded. ``crop`` in px (multiple of 32 and of ``mask_patch_size``); ``lr`` is the
     AdamW peak rate (upstream: 1e-4 per 512 images, i.e. 8e-4 at batch 2048), reached after
-    ``warmup_epochs`` and decayed by a per-iteration cosine to 0. Deterministic for a seed on CPU with
-    ``num_workers=0``. Returns ``{"losses", "images_seen", "iterations", "seconds", "epoch_seconds",
-    "num_images"}``.
+    ``warmup_epochs`` and decayed by a per-iteration cosine to 0. ``steps`` (optional) sets the schedule
+    in optimisation steps instead of ``epochs``: the run takes ``ceil(steps / steps_per_epoch)`` epochs
+    (``steps_per_epoch = images // batch_size``), so its cost does not grow with the number of images;
+    ``epochs`` is then ignored. Deterministic for a seed on CPU with ``num_workers=0``. Returns
+    ``{"losses", "images_seen", "iterations", "seconds", "epoch_seconds", "num_images", "epochs"}``.
     """
     name = "simmim"
     out = Path(out)
     swin_arch = swin_name(arch)
-    settings = LoopSettings(epochs=epochs, batch_size=batch_size, crop=crop, lr=lr, weight_decay=weight_decay,
-                            seed=seed, num_threads=num_threads, progress=progress, num_workers=num_workers,
-                            warmup_epochs=warmup_epochs)
-    config = dict(arch=arch, mask_patch_size=mask_patch_size, mask_ratio=mask_ratio, optimizer="adamw",
-                  betas=list(ADAMW_BETAS), clip_grad=CLIP_GRAD, crop_scale=list(CROP_SCALE))
     files = find_images(image_dirs)
     if len(files) < batch_size:
         raise ValueError(f"{name} needs at least batch_size={batch_size} images, found {len(files)} under "
                          f"{[str(d) for d in image_dirs]}")
+    if steps is not None:
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
+        epochs = math.ceil(steps / (len(files) // batch_size))
+    settings = LoopSettings(epochs=epochs, batch_size=batch_size, crop=crop, lr=lr, weight_decay=weight_decay,
+                            seed=seed, num_threads=num_threads, progress=progress, num_workers=num_workers,
+                            warmup_epochs=warmup_epochs)
+    config = dict(arch=arch, mask_patch_size=mask_patch_size, mask_ratio=mask_ratio, optimizer="adamw",
+                  betas=list(ADAMW_BETAS), clip_grad=CLIP_GRAD, crop_scale=list(CROP_SCALE), steps=steps)
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
 
@@ -240,11 +247,11 @@ def pretrain_simmim(
     finally:
         torch.set_num_threads(previous_threads)
 
-    pretrain_record = {"method": name, "epochs": epochs, "crop": crop, "batch_size": batch_size, "lr": lr,
-                       "mask_patch_size": mask_patch_size, "mask_ratio": mask_ratio, "seed": seed,
+    pretrain_record = {"method": name, "epochs": epochs, "steps": history["iterations"], "crop": crop,
+                       "batch_size": batch_size, "lr": lr, "mask_patch_size": mask_patch_size, "mask_ratio": mask_ratio, "seed": seed,
                        "losses": history["losses"], "num_images": len(files)}
     save_torch(out, {"state_dict": model.encoder_state(), "arch": arch, "pretrain": pretrain_record})
-    result = {**history, "num_images": len(files)}
+    result = {**history, "num_images": len(files), "epochs": epochs}
     full_config = {"method": name, **asdict(settings), **config, "image_dirs": [str(d) for d in image_dirs]}
     write_json(out.with_suffix(".json"), {"checkpoint": str(out), "config": full_config, **result})
     return result

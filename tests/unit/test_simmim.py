@@ -176,6 +176,17 @@ def test_same_seed_same_file(images, run, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("steps,epochs,iterations", [(2, 1, 2), (3, 2, 4), (4, 2, 4)])
+def test_schedule_in_steps_takes_whole_epochs(images, tmp_path, steps, epochs, iterations):
+    # 8 images at batch 4: 2 steps per epoch; `steps` overrides `epochs` (TINY says 1), rounded up
+    result = pretrain_simmim([images], tmp_path / "s.pth", seed=0, **{**TINY, "epochs": 7}, steps=steps)
+    assert result["epochs"] == epochs and result["iterations"] == iterations and len(result["losses"]) == epochs
+    saved = torch.load(tmp_path / "s.pth", weights_only=True)["pretrain"]
+    assert saved["epochs"] == epochs and saved["steps"] == iterations
+    with pytest.raises(ValueError, match="steps must be at least 1"):
+        pretrain_simmim([images], tmp_path / "x.pth", **TINY, steps=0)
+
+
 def test_too_few_images_refused(images, tmp_path):
     with pytest.raises(ValueError, match="at least batch_size=16 images"):
         pretrain_simmim([images], tmp_path / "x.pth", **{**TINY, "batch_size": 16})

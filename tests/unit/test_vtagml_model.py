@@ -296,3 +296,53 @@ def test_paper_scale_swin_v2_b_256_configuration():
     blocks = 4 * _swin_v2_block_params(512, 16) + 2 * _swin_v2_block_params(1024, 32)
     assert budget["full"] - budget["frozen"] == blocks + 6528
     assert budget["frozen"] == model.count_parameters(trainable_only=True)
+
+
+def test_task_embeddings_start_at_unit_scale():
+    from mtwork.methods.vtagml import TASK_EMBED_INIT_STD
+
+    assert TASK_EMBED_INIT_STD == 1.0  # nn.Embedding's N(0, 1), as the released code's lookup table
+    torch.manual_seed(0)
+    model = VTAGMLModel(_encoder(), TASKS, task_embed_dim=32, **DEC)
+    table = model.task_embedding.detach()
+    # 128 draws of N(0, 1): the sample std is within 0.31 (5 standard errors) of 1
+    assert abs(float(table.std()) - 1.0) < 0.31 and abs(float(table.mean())) < 0.45
+
+
+def test_modulation_effects_zero_at_init_and_equal_to_the_ablations():
+    image = torch.randn(2, 3, *SIZE)
+    model = VTAGMLModel(_encoder(), TASKS, task_embed_dim=8, **DEC)
+    effects = model.modulation_effects(image)
+    assert list(effects) == list(TASKS)
+    for entry in effects.values():  # FiLM maps and A start at zero: TAA and TSN do nothing yet
+        assert entry["taa_logit_ratio"] == 0 and entry["taa_feature"] == 0
+        # TSN computes LN(x) * w + b as layer_norm without affine, then the affine: fp32 rounding only
+        assert entry["tsn_feature"] < 1e-5
+        assert entry["tsn_gamma"] == 0 and entry["tsn_beta"] == 0
+    weights = [n.norm.weight for blk in model.adapters.values() for n in (blk.norm1, blk.norm2)]
+    assert abs(effects["depth"]["tsn_weight"] - float(torch.stack([w.abs().mean() for w in weights]).mean())) < 1e-6
+
+    _perturb(model.shared_adapter_parameters())
+    with torch.no_grad():
+        for blk in model.adapters.values():
+            for norm in (blk.norm1, blk.norm2):
+                norm.gamma.weight.zero_()
+                norm.gamma.bias.fill_(-0.25)  # gamma(e) = -0.25 for every channel and task
+    assert model.training
+    effects = model.modulation_effects(image)
+    assert model.training  # restored
+    for entry in effects.values():
+        assert abs(entry["tsn_gamma"] - 0.25) < 1e-6
+        assert entry["taa_logit_ratio"] > 0
+    # "taa/tsn off" is exactly the ablated model with the same weights: build it and compare
+    state = {k: v for k, v in model.state_dict().items()}
+    feats = model.eval().encode(image)
+    for use_taa, use_tsn, key in ((False, True, "taa_feature"), (True, False, "tsn_feature")):
+        ablated = VTAGMLModel(_encoder(), TASKS, task_embed_dim=8, use_taa=use_taa, use_tsn=use_tsn, **DEC).eval()
+        ablated.load_state_dict({k: v for k, v in state.items() if k in ablated.state_dict()})
+        reference = ablated.encode(image)
+        for name in TASKS:
+            f, g = feats[name][3], reference[name][3]
+            expected = float((f - g).norm() / f.norm())
+            assert expected > 1e-3
+            assert abs(effects[name][key] - expected) < 1e-5
