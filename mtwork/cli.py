@@ -356,14 +356,20 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     if not args.checkpoint and not args.random:
         raise UserError("nothing to probe: give --checkpoint FILE (repeatable) and/or --random")
+    from mtwork.plan import domain, vit_source_domain
+
     params = _params(args)
     arch = args.arch or source_arch(params, params["vit"]["source"])
     size = tuple(params["vit"]["input_size"])
+    name = args.domain or vit_source_domain(params)
+    if name not in params["data"]["domains"]:
+        raise UserError(f"domain '{name}' is not in data.domains (known: {', '.join(params['data']['domains'])})")
+    attributes = domain(params, name).attributes
     settings = ProbeSettings(**({"steps": args.steps} if args.steps is not None else {}))
     encoders = [(str(c), c) for c in args.checkpoint] + ([(f"random (seed {args.seed})", None)] if args.random else [])
     records = []
     for label, checkpoint in encoders:
-        record = probe_swin(args.data, arch, size, checkpoint, seed=args.seed, settings=settings)
+        record = probe_swin(args.data, arch, size, checkpoint, seed=args.seed, settings=settings, attributes=attributes)
         records.append(record)
         print(f"[mtwork probe] {label}: " + ", ".join(
             f"{name} mIoU {m['miou']:.1f} / acc {m['pixel_acc']:.1f}" for name, m in record["results"].items()),
@@ -476,6 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_params(p)
     p.add_argument("--data", required=True, type=Path, help="BDD100K-layout root with sem_seg labels")
+    p.add_argument("--domain", default=None, help="the data.domains entry --data holds (default: source 2's source domain)")
     p.add_argument("--checkpoint", action="append", default=[], type=Path,
                    help="a converted Swin-V2 file (mtwork import-checkpoint); repeatable")
     p.add_argument("--random", action="store_true", help="also probe a randomly initialised Swin-V2 (the control)")

@@ -99,13 +99,14 @@ def collect_features(encode: Encoder, dataset, task: str, batch_size: int) -> Fe
     """
     from torch.utils.data import DataLoader
 
-    from mtwork.data.batch import collate
+    from mtwork.data.batch import batch_to_device, collate
 
     maps: List[List[torch.Tensor]] = []
     targets: List[torch.Tensor] = []
     batches: List[Dict[str, Any]] = []
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     for batch in loader:
+        batch = batch_to_device(batch, torch.device("cpu"))  # the model's input: normalised float images
         keep = batch["labeled"][task].nonzero().flatten()
         if keep.numel() == 0:
             continue
@@ -299,16 +300,18 @@ def swin_encoder(arch: str, input_size: Tuple[int, int], checkpoint: Optional[st
 
 def probe_swin(data_root: str | Path, arch: str, input_size: Tuple[int, int], checkpoint: Optional[str | Path] = None,
                seed: int = 0, settings: ProbeSettings = ProbeSettings(), task: str = "semseg",
-               feature_sets: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+               feature_sets: Optional[Sequence[str]] = None,
+               attributes: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """Probe a Swin-V2 (``checkpoint``, or random with ``seed`` when None) on ``data_root``'s train/val
-    split of ``task``: ``{"encoder", "arch", "input_size", "task", "settings", "train_images",
-    "val_images", "seconds", "results": {feature set: {metric: %}}}``."""
+    split of ``task`` (the frames whose attributes match ``attributes``: a domain of a root that holds
+    several): ``{"encoder", "arch", "input_size", "task", "settings", "train_images", "val_images",
+    "seconds", "results": {feature set: {metric: %}}}``."""
     from mtwork.data.bdd100k import BDD100KDataset
     from mtwork.data.transforms import EvalTransform
     from mtwork.tasks import TASKS
 
     size = tuple(int(s) for s in input_size)
-    sets = {split: BDD100KDataset(data_root, split, tasks=(task,), transform=EvalTransform(size))
+    sets = {split: BDD100KDataset(data_root, split, tasks=(task,), transform=EvalTransform(size), attributes=attributes)
             for split in ("train", "val")}
     for split, dataset in sets.items():
         if len(dataset) == 0:

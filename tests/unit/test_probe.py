@@ -88,7 +88,9 @@ def _toy_set(n: int, seed: int):
         cells = torch.randint(0, K, (SIZE[0] // 8, SIZE[1] // 8), generator=g)
         mask = cells.repeat_interleave(8, 0).repeat_interleave(8, 1)
         image = COLOURS[mask].permute(2, 0, 1) + 0.3 * torch.randn(3, *SIZE, generator=g)
-        samples.append({"image": image, "name": f"toy{i}", "orig_size": SIZE, "valid_size": SIZE, "semseg": mask})
+        # as a reader hands it: uint8 RGB (normalised on the way to the model), the colours kept apart
+        image = ((image + 2.0) * 64.0).round().clamp(0, 255).to(torch.uint8)
+        samples.append({"image": image, "name": f"toy{i}", "orig_size": SIZE, "semseg": mask.to(torch.uint8)})
     return samples
 
 
