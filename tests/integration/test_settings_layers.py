@@ -40,10 +40,13 @@ def test_config_numbers_in_every_notation_reach_every_command(workflow_dir: Path
     # these lines must not turn into overrides
     import re
 
-    # every `warmup_epochs: 0.5` value line (train and vit blocks; a comment may follow) and vit's lr
+    # every `warmup_epochs: 0.5` value line (train and vit blocks; a comment may follow) and both blocks'
+    # decimal `lr:` values, whatever they are, rewritten in exponent notation
     text, n_warmup = re.subn(r"^(  warmup_epochs: )0\.5\b", r"\g<1>5e-1", text, flags=re.M)
-    text, n_lr = re.subn(r"^(  lr: )0\.001\b", r"\g<1>1e-3", text, count=1, flags=re.M)
-    assert n_warmup == 2 and n_lr == 1
+    text, n_lr = re.subn(r"^(  lr: )(0\.\d+)\b", lambda m: f"{m.group(1)}{float(m.group(2)):.0e}", text,
+                         flags=re.M)
+    assert n_warmup == 2 and n_lr == 2
+    assert re.search(r"^  lr: \de-\d\d", text, flags=re.M)
     params.write_text(text)
     jobs = wt.dry_run(workflow_dir, "results/tables", "--config",
                       "train__lr=1e-4",            # top level: Snakemake parses it as a float
