@@ -5,7 +5,7 @@ A run (``mtwork.plan.plan_vit_runs``) names the Swin's checkpoint source, a para
 Settings come from the ``vit`` block of params.yaml (device and AMP from ``train``).
 
 The training loop is ``mtwork.engine`` (docs/training.md); this module says what differs for source 2.
-Files written into the run directory (``models/vit/<run>/``):
+Files written into the run directory (``models/runs/<run>/``):
     epoch_NNN.pt  full training state after each epoch (resume; removed once final.pt is written unless
                train.keep_epoch_checkpoints), as for source 1
     final.pt   the adapter file (``VTAGMLModel.save_adapter``): only what the run trained (adapters,

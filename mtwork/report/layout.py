@@ -124,8 +124,17 @@ def build_table(frame: pd.DataFrame, spec: TableSpec) -> Table:
     row_ids = sorted(runs_of, key=lambda rid: spec.order(dict(zip(ROW, rid))))
     rows = [dict(zip(ROW, rid)) for rid in row_ids]
     shown = [k for k, _ in spec.keys]
-    # a row key with several values in this table that the spec does not show would make rows look alike
-    extra = [(k, k) for k in ROW if k not in shown and len({r[k] for r in rows}) > 1]
+    # a row key the spec does not show becomes a column where rows would otherwise look alike: several
+    # non-empty values (e.g. both adapter placements), or rows that only it tells apart
+    hidden = [k for k in ROW if k not in shown]
+
+    def needed(key: str) -> bool:
+        if len({r[key] for r in rows} - {""}) > 1:
+            return True
+        others = [tuple(r[k] for k in ROW if k != key) for r in rows]
+        return len(set(others)) < len(others)
+
+    extra = [(k, k) for k in hidden if needed(k)]
     keys = list(spec.keys) + extra
     row_n = [len(seeds_of[rid]) for rid in row_ids]
 

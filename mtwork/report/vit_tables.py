@@ -1,7 +1,7 @@
 """Source 2's report: ViT adapters (TAA, TSN, TROA) on a frozen Swin-V2, dense tasks on SynthDrive.
 
 ``write_vit_tables`` renders, from the metrics records in ``results/metrics/vit`` and the run logs in
-``models/vit/<run>/log.json``:
+``models/runs/<run>/log.json`` (source 2's runs):
 
 * ``vit_mtl.{md,tex,csv}``: one group of rows per task set present (S-D, S-D-N, S-D-N-E): the
   single-task row (each task's metrics from its own single-task run), then every paradigm of

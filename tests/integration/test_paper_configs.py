@@ -90,3 +90,23 @@ def test_paper_config_plans_source_2_on_its_datasets(name, workflow_dir: Path, t
         dg = [r for r in mtl if len(r.split("__")[2].split("-")) in (1, full)]
         assert {f"results/metrics/vit/dg/{target}/{r}.json" for r in dg} <= outputs
         assert not any(f"/dg/{target}/" in o for o in outputs if o.split("/")[-1][:-5] not in dg)
+
+
+def test_full_study_config_plans_every_embedded_source_both_placements_and_task_subsets(workflow_dir: Path, wt):
+    """configs/full_study.yaml: the default's schedule with every source that has an embedded pretraining
+    (plus the `random` control), one run per adapter placement, and source 2's S-D and S-D-N runs."""
+    shutil.copytree(wt.REPO / "configs", workflow_dir / "configs")
+    jobs = wt.dry_run(workflow_dir, "results/tables", "--configfile", "configs/full_study.yaml")
+    trains = [_opt(_argv(j.cmd), "--run") for j in jobs if j.rule == "train"]
+    sources = {"random", "moco_v2", "simclr", "byol", "dino", "densecl", "clip_tiny"}
+    imports = {Path(j.outputs[0]).stem for j in jobs if j.rule == "import_checkpoint"}
+    assert imports == sources | {"swin_simmim"}
+    assert len([j for j in jobs if j.rule == "pretrain"]) == len(sources - {"random"}) + 1  # + SimMIM
+    assert len([j for j in jobs if j.rule == "evaluate"]) == len(sources)
+    for source in sources:
+        for paradigm in ("pretrain_adapt_finetune", "pretrain_adapt_finetune_lv"):
+            # the first placement keeps the default's run id, the others carry theirs
+            for run_paradigm in (paradigm, f"{paradigm}-stages"):
+                assert f"{source}__{run_paradigm}__semseg-drivable-det__s0" in trains
+    for tasks in ("semseg-depth", "semseg-depth-normals", "semseg-depth-normals-edges"):
+        assert f"swin_simmim__vtagml__{tasks}__s1" in trains

@@ -251,3 +251,16 @@ def test_row_keys_read_records_and_an_unshown_key_that_varies_becomes_a_column(t
     table = build_table(source1_frame(records, TASKS), mtl_spec("T", SOURCES, {}))
     assert table.headers[:3] == ["Checkpoint", "Paradigm", "domain"]
     assert [row[2][0] for row in table.body] == ["clear_day"] * 3 + ["dusk_fog"] * 3
+
+    # a key filled only where it applies (one adapter placement, "" for the other paradigms) tells no rows
+    # apart that the shown keys do not: no column; two placements of one paradigm: a column
+    records = [_record(s, p, tasks, seed)[1] for s in SOURCES for p in PARADIGMS for seed in (0, 1)
+               for tasks in ([[t] for t in TASKS] if p == "single_task" else [TASKS])]
+    for rec in records:
+        rec["adapter_placement"] = "outputs" if rec["paradigm"] == "pretrain_adapt_finetune" else None
+    table = build_table(source1_frame(records, TASKS), mtl_spec("T", SOURCES, {}))
+    assert "adapter_placement" not in table.headers
+    stages = [dict(r, adapter_placement="stages", run=r["run"] + "-stages") for r in records
+              if r["adapter_placement"] == "outputs"]
+    table = build_table(source1_frame(records + stages, TASKS), mtl_spec("T", SOURCES, {}))
+    assert table.headers[2] == "adapter_placement"

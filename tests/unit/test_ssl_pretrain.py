@@ -157,6 +157,25 @@ def test_tiny_run_imports_through_its_converter(runs, name, tmp_path):
 
 
 @pytest.mark.parametrize("name", METHODS)
+def test_deep_stem_resnet_trains_and_imports(images, name, tmp_path):
+    """timm's resnet10t (the embedded default's backbone: a deep 3-conv stem ``conv1.{0,1,3,4,6}``,
+    average-pool shortcuts ``downsample.1``) trains under each method, and the method's converter
+    imports every one of its trunk weights unchanged."""
+    out = tmp_path / f"{name}.pth"
+    PRETRAINERS.get(name)([images], out, seed=0, **{**COMMON, "arch": "resnet10t"}, **TINY[name])
+    report = import_checkpoint(name, out, tmp_path / f"{name}.pt", "resnet10t")
+    trunk = timm.create_model("resnet10t", num_classes=0).state_dict()
+    assert {"conv1.6.weight", "layer2.0.downsample.1.weight"} <= set(trunk)
+    assert report.ok and len(report.kept) == len(trunk) and not report.filled
+    wrapper, prefix = KEPT_ENCODER[name]
+    source = load(out)[wrapper]
+    loaded = create_backbone("resnet10t", tmp_path / f"{name}.pt").state_dict()
+    assert set(loaded) == set(trunk)
+    for key, value in loaded.items():
+        assert torch.equal(value, source[prefix + key]), key
+
+
+@pytest.mark.parametrize("name", METHODS)
 def test_losses_finite_and_log_written(runs, name):
     out, result = runs(name)
     assert len(result["losses"]) == 1 and math.isfinite(result["losses"][0])
