@@ -250,11 +250,14 @@ def fake_mtwork(tmp_path: Path) -> FakeMtwork:
 
 @pytest.fixture(scope="session")
 def pretrained(tmp_path_factory) -> Path:
-    """A converted randomly initialised ResNet-18 (``mtwork import-checkpoint --format random``)."""
+    """A converted randomly initialised backbone of params.yaml's model.backbone (``mtwork
+    import-checkpoint --format random``): the training tests run on the default's settings."""
     from mtwork.checkpoints.importer import import_checkpoint
+    from mtwork.config import yaml_load
 
     out = tmp_path_factory.mktemp("pretrained") / "random.pt"
-    import_checkpoint("random", None, out, arch="resnet18", seed=0)
+    arch = yaml_load((REPO / "params.yaml").read_text())["model"]["backbone"]
+    import_checkpoint("random", None, out, arch=arch, seed=0)
     return out
 
 

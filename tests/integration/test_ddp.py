@@ -28,8 +28,8 @@ COMMON = ["train.threads=1", "train.device=cpu", "train.log_steps=true", "train.
 RUNS = {
     # 8 train images, global batch 4: 2 optimizer steps per epoch, 2 epochs
     "source1": ("random__lora__semseg-drivable-det__s0",
-                ["train.epochs=2", "train.batch_size=4", "train.input_size=[64, 96]", "train.lr=0.002",
-                 "model.lora.target=all"]),
+                ["train.epochs=2", "train.adapt_epochs=1", "train.batch_size=4", "train.input_size=[64, 96]",
+                 "train.lr=0.002", "model.lora.target=all"]),
     "source2": ("swin_simmim__vtagml__semseg-depth-normals-edges__s0",
                 ["vit.epochs=2", "vit.batch_size=4", "vit.input_size=[64, 96]", "vit.troa.every=1", "vit.lr=0.002"]),
 }
@@ -79,7 +79,10 @@ def test_two_processes_reach_the_weights_of_one_at_the_same_global_batch(line, s
             assert torch.equal(a, b), key
             continue
         diff = (a - b).abs()
-        assert float(diff.max()) <= 2 * LR, (key, float(diff.max()))
+        # Adam divides by the gradient's own scale: where a gradient is ~0, a rounding difference can flip
+        # its sign, and each step then moves that weight by up to lr in opposite directions (2 lr apart);
+        # the count below keeps such weights rare
+        assert float(diff.max()) <= 2 * LR * len(steps_one), (key, float(diff.max()))
         total += a.numel()
         far += int((diff > 2e-5).sum())
     assert far <= max(3, total // 10_000), f"{far} of {total} weights differ by more than 2e-5"
@@ -99,7 +102,8 @@ def test_a_non_finite_loss_stops_every_process_at_the_same_step(synthdrive_tiny,
     env = {**wt.tool_env(), "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
-    lines = [line for line in proc.stderr.splitlines() if "non-finite loss" in line]
+    # (a progress bar may have left its clearing spaces or carriage return before the line)
+    lines = [line.split("\r")[-1].strip() for line in proc.stderr.splitlines() if "non-finite loss" in line]
     # the launcher stops the other process once one has exited: it may not get to print its line
     assert 1 <= len(lines) <= 2 and all(line.startswith("mtwork train: error (rank ") for line in lines)
     assert len({line.split(" in '")[1] for line in lines}) == 1  # the same task, epoch and step

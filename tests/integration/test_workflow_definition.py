@@ -142,7 +142,13 @@ def test_jobs_write_into_their_stage_and_read_earlier_stages(workflow_dir: Path,
     for job in (j for j in jobs if j.rule == "evaluate"):  # each of a source's runs, source domain + DG domains
         assert len(job.outputs) == n_runs * (1 + len(params["data"]["dg_domains"]))
     assert rules.count("generate_synthdrive") == rules.count("check_data") == 1  # one SynthDrive root, all domains
-    assert rules.count("pretrain") == len(embedded_pretrain_sources(resolved)) and rules.count("tables") == 1
+    # every planned source with an embedded pretraining, and the LV-Adapter's text tower where an LV run
+    # needs it (a pretraining of its own when it is not among the sources)
+    pretrained = set(embedded_pretrain_sources(resolved))
+    if "pretrain_adapt_finetune_lv" in resolved["train"]["paradigms"]:
+        pretrained.add(resolved["model"]["lv"]["clip_source"])
+    assert {Path(j.outputs[0]).name.split(".")[0] for j in jobs if j.rule == "pretrain"} == pretrained
+    assert rules.count("pretrain") == len(pretrained) and rules.count("tables") == 1
 
 
 def test_each_stage_tracks_the_keys_its_jobs_read(workflow_dir: Path, wt):
@@ -211,10 +217,11 @@ def test_paper_scale_dry_run(workflow_dir: Path, tmp_path: Path, wt):
     )
     rules = [j.rule for j in jobs]
     assert "generate_synthdrive" not in rules and "pretrain" not in rules and "evaluate_vit" not in rules
-    # DG on BDD100K's attribute domains (night, rainy, snowy, foggy): 5 metrics files per run, 7 runs per
-    # source and seed, all read from the one BDD100K folder
-    seeds = yaml_load((workflow_dir / "params.yaml").read_text())["train"]["seeds"]
-    assert all(len(j.outputs) == 5 * 7 * len(seeds) for j in jobs if j.rule == "evaluate")
+    # DG on BDD100K's attribute domains (night, rainy, snowy, foggy): 5 metrics files per run; per source
+    # and seed 3 single-task runs and one run per other paradigm, all read from the one BDD100K folder
+    train = yaml_load((workflow_dir / "params.yaml").read_text())["train"]
+    runs = len(train["tasks"]) + len(train["paradigms"]) - 1
+    assert all(len(j.outputs) == 5 * runs * len(train["seeds"]) for j in jobs if j.rule == "evaluate")
     for job in (j for j in jobs if j.rule == "evaluate"):
         argv = _argv(job.cmd)
         assert [argv[i + 1] for i, w in enumerate(argv) if w == "--dg-domain"] == ["bdd_night", "bdd_rainy", "bdd_snowy", "bdd_foggy"]
@@ -226,7 +233,7 @@ def test_paper_scale_dry_run(workflow_dir: Path, tmp_path: Path, wt):
     (check,) = [j for j in jobs if j.rule == "check_data"]
     assert _argv(check.cmd) == ("mtwork", "data", "check", "--format", "bdd100k", str(bdd), "--json", "data/checks/bdd100k.json")
     trains = [j for j in jobs if j.rule == "train"]
-    assert len(trains) == 2 * len(seeds) * (3 + 4)  # 2 sources x seeds x (3 single-task + 4 multi-task paradigms)
+    assert len(trains) == 2 * len(train["seeds"]) * runs  # the paper block's 2 sources x seeds x runs
     expected_sets = sorted([
         f"checkpoints.catalog.openclip_rn50.path={clip}",
         f"checkpoints.catalog.moco_v2.path={moco}",
