@@ -75,6 +75,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         image_size=tuple(syn["image_size"]),
         counts=syn["counts"],
         overlap=syn["overlap"],
+        min_box_pixels=syn["min_box_pixels"],
         progress=True,
     )
     return 0

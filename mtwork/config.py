@@ -93,6 +93,7 @@ SCHEMA: Dict[str, Any] = {
             "seed": int,
             "image_size": _list_of(int),
             "overlap": _num,
+            "min_box_pixels": (int, type(None)),
             "counts": {"det": {"train": int, "val": int}, "seg": {"train": int, "val": int}},
         },
     },
@@ -292,7 +293,10 @@ RANGES = (
     ("model.fpn_channels", 1, False), ("model.adapter_reduction", 1, False),
     ("checkpoints.pretrain.epochs", 1, False), ("checkpoints.pretrain.batch_size", 1, False),
     ("checkpoints.pretrain.crop", 1, False), ("data.synthdrive.overlap", 0, False),
+    ("data.synthdrive.min_box_pixels", 1, False),
 )
+#: Keys of RANGES that may also be null (then unchecked: the reader's default applies).
+OPTIONAL_RANGES = frozenset({"data.synthdrive.min_box_pixels"})
 
 
 def _get(p: Mapping[str, Any], dotted: str) -> Any:
@@ -307,6 +311,8 @@ def _check_ranges(p: Dict[str, Any]) -> None:
 
     for key, bound, strict in RANGES:
         value = _get(p, key)
+        if value is None and key in OPTIONAL_RANGES:
+            continue
         if not math.isfinite(value) or (value <= bound if strict else value < bound):
             raise ParamsError(f"'{key}' must be {'>' if strict else '>='} {bound}, got {value!r}")
     for block in ("train", "vit"):

@@ -83,7 +83,7 @@ def test_the_users_values_win_over_the_paper_block(workflow_dir: Path, tmp_path:
     config_file, weights, bdd = _docs_config_file(tmp_path)
     jobs = wt.dry_run(workflow_dir, "results/tables", "--configfile", str(config_file), "--config",
                       "train__epochs=3", "train__adapt_epochs=1",
-                      "model__backbone=resnet18")  # equal to params.yaml's value, and still the user's
+                      "model__backbone=resnet10t")  # equal to params.yaml's value, and still the user's
     # the docs' example: its four sources (not the paper block's two) are imported from its files
     sources = ["supervised_imagenet", "moco_v2", "swav", "dino"]
     imports = {j.outputs[0]: j.inputs for j in jobs if j.rule == "import_checkpoint"}
@@ -96,10 +96,10 @@ def test_the_users_values_win_over_the_paper_block(workflow_dir: Path, tmp_path:
     assert commands
     for argv in commands:
         sets = _sets(argv)
-        assert {"scale=paper", "model.backbone=resnet18", "train.epochs=3", "train.adapt_epochs=1",
+        assert {"scale=paper", "model.backbone=resnet10t", "train.epochs=3", "train.adapt_epochs=1",
                 f"checkpoints.sources={json.dumps(sources)}"} <= set(sets), sets
     p = load_params(workflow_dir / "params.yaml", _sets(commands[0]))
-    assert (p["model"]["backbone"], p["train"]["epochs"], p["checkpoints"]["sources"]) == ("resnet18", 3, sources)
+    assert (p["model"]["backbone"], p["train"]["epochs"], p["checkpoints"]["sources"]) == ("resnet10t", 3, sources)
     paper = load_params(workflow_dir / "params.yaml", ["scale=paper", *(s for s in _sets(commands[0])
                                                                        if not s.startswith("model.backbone"))])
     assert paper["model"]["backbone"] == "resnet50"  # without the user's value, the block's

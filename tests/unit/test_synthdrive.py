@@ -157,6 +157,27 @@ def test_trailer_is_ignore_in_semseg_and_boxes_match_visible_pixels():
         assert (b["x2"] - b["x1"] + 1) * (b["y2"] - b["y1"] + 1) >= lab["visible_pixels"]
 
 
+def test_min_box_pixels_drops_the_small_boxes_and_nothing_else():
+    """An object needs ``min_box_pixels`` visible pixels for a box; the image and masks do not change."""
+    from mtwork.data.synthdrive.render import default_min_box_pixels
+
+    assert default_min_box_pixels((96, 160)) == 10 and default_min_box_pixels((720, 1280)) == 92
+    domain = get_domain("clear_day")
+    kept = dropped = 0
+    for index in range(6):
+        item = _Item("100k", "train", index, "x.jpg", ("100k",))
+        default = render_item(item, domain, 0, (128, 224))
+        strict = render_item(item, domain, 0, (128, 224), min_box_pixels=80)
+        assert np.array_equal(default.image, strict.image) and np.array_equal(default.semseg, strict.semseg)
+        assert all(lab["visible_pixels"] >= 10 for lab in default.labels)
+        expected = [lab for lab in default.labels if lab["visible_pixels"] >= 80]
+        assert [lab["box2d"] for lab in strict.labels] == [lab["box2d"] for lab in expected]
+        kept, dropped = kept + len(expected), dropped + len(default.labels) - len(expected)
+    assert kept > 0 and dropped > 0  # the threshold falls inside the range of object sizes
+    with pytest.raises(ValueError, match="min_box_pixels"):
+        generate_synthdrive(Path("unused"), min_box_pixels=0)
+
+
 def _hand_scene(objects):
     """64x112 image, focal 100 px, horizon at row 20, camera 1.5 m up in the middle of lane 1 of 3."""
     camera = Camera(size=(64, 112), focal=100.0, cx=56.0, horizon=20.0, height=1.5)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -524,15 +524,25 @@ def _labels(c: _Canvas, instances: List[Dict[str, Any]], min_pixels: int) -> Lis
     return labels
 
 
-def render_scene(scene: Scene, domain: Domain, rng: np.random.Generator) -> Rendered:
-    """Rasterise ``scene`` as seen in ``domain``; ``rng`` supplies texture and noise draws."""
+def default_min_box_pixels(image_size: Tuple[int, int]) -> int:
+    """Visible pixels an instance needs for a box by default: 10, or 1e-4 of the image at large sizes."""
+    return max(10, int(round(1e-4 * image_size[0] * image_size[1])))
+
+
+def render_scene(scene: Scene, domain: Domain, rng: np.random.Generator,
+                 min_box_pixels: Optional[int] = None) -> Rendered:
+    """Rasterise ``scene`` as seen in ``domain``; ``rng`` supplies texture and noise draws.
+
+    min_box_pixels: visible pixels an instance needs to be labelled (a box); None: the default of
+    :func:`default_min_box_pixels`. Smaller instances stay in the image and its masks, unboxed.
+    """
     c = _Canvas(scene, domain)
     _draw_sky(c, rng)
     _draw_ground(c)
     _draw_structures(c)
     instances = _draw_objects(c, c.zbuf.copy())
     _draw_hood(c)
-    min_pixels = max(10, int(round(1e-4 * c.h * c.w)))
+    min_pixels = default_min_box_pixels((c.h, c.w)) if min_box_pixels is None else int(min_box_pixels)
     labels = _labels(c, instances, min_pixels)
     drivable = np.where(c.sem == ROAD, c.lane, 0).astype(np.uint8)
     return Rendered(

@@ -69,7 +69,7 @@ from mtwork.data.bdd100k import (
     metres_to_depth,
 )
 from mtwork.data.synthdrive.domains import Domain, get_domain
-from mtwork.data.synthdrive.render import Rendered, render_scene
+from mtwork.data.synthdrive.render import Rendered, default_min_box_pixels, render_scene
 from mtwork.data.synthdrive.scene import Camera, sample_scene
 from mtwork.io import write_json
 
@@ -157,17 +157,19 @@ def plan_items(
     return plan
 
 
-def _render(item: _Item, domain: Domain, seed: int, image_size: Tuple[int, int]) -> Tuple[Rendered, Camera]:
+def _render(item: _Item, domain: Domain, seed: int, image_size: Tuple[int, int],
+            min_box_pixels: Optional[int] = None) -> Tuple[Rendered, Camera]:
     rng = np.random.default_rng([seed, _SET_CODE[item.image_set], _SPLIT_CODE[item.split], item.index])
     empty = item.index % EMPTY_EVERY == EMPTY_AT
     trailer = not empty and item.index % TRAILER_EVERY == TRAILER_AT
     scene = sample_scene(rng, image_size, domain, empty=empty, trailer=trailer)
-    return render_scene(scene, domain, rng), scene.camera
+    return render_scene(scene, domain, rng, min_box_pixels), scene.camera
 
 
-def render_item(item: _Item, domain: Domain, seed: int, image_size: Tuple[int, int]) -> Rendered:
+def render_item(item: _Item, domain: Domain, seed: int, image_size: Tuple[int, int],
+                min_box_pixels: Optional[int] = None) -> Rendered:
     """Render one planned image from its own random stream."""
-    return _render(item, domain, seed, image_size)[0]
+    return _render(item, domain, seed, image_size, min_box_pixels)[0]
 
 
 def camera_json(camera: Camera) -> Dict[str, Any]:
@@ -236,8 +238,13 @@ def generate_synthdrive(
     overlap: float = 0.1,
     progress: bool = True,
     domains: Optional[Sequence[str]] = None,
+    min_box_pixels: Optional[int] = None,
 ) -> Dict[str, Any]:
     """Generate SynthDrive into ``out_root`` (BDD100K layout); returns a summary dict.
+
+    min_box_pixels: visible pixels an object needs to get a box (None: 10, or 1e-4 of the image when
+    that is more); a run that shrinks the images (a smaller network input) raises it so that no box is
+    labelled that would be under ~10 pixels at the input.
 
     domain: a name in ``DOMAINS``; domains: several names instead (one root holding all of them, each
     with ``counts`` images; module docstring); image_size: (H, W) pixels; counts: images per image set
@@ -262,6 +269,9 @@ def generate_synthdrive(
         raise ValueError(f"image_size must be (H, W) integers >= 16, got {image_size!r}")
     if not 0.0 <= overlap <= 1.0:
         raise ValueError(f"overlap must be in [0, 1], got {overlap!r}")
+    if min_box_pixels is not None and (isinstance(min_box_pixels, bool) or not isinstance(min_box_pixels, int)
+                                       or min_box_pixels < 1):
+        raise ValueError(f"min_box_pixels must be a positive integer or None, got {min_box_pixels!r}")
     counts_v = _validate_counts(DEFAULT_COUNTS if counts is None else counts)
     _prepare_root(out_root)
     plans = {d.name: plan_items(d.name, seed, counts_v, overlap) for d in doms}
@@ -292,7 +302,7 @@ def generate_synthdrive(
             attribute_frames: List[Dict[str, Any]] = []
             for item in items:
                 item_domain = by_name[item.domain]
-                rendered, camera = _render(item, item_domain, seed, image_size)
+                rendered, camera = _render(item, item_domain, seed, image_size, min_box_pixels)
                 attribute_frames.append({"name": item.name, "attributes": frame_attributes(rendered, item_domain)})
                 stem = Path(item.name).stem
                 jpeg = _encode(rendered.image, "JPEG")
@@ -344,6 +354,7 @@ def generate_synthdrive(
             "images_per_domain": per_domain,
             "seed": seed,
             "image_size": list(image_size),
+            "min_box_pixels": default_min_box_pixels(image_size) if min_box_pixels is None else min_box_pixels,
             "counts": counts_v,
             "overlap": overlap,
             "images": images,
