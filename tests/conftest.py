@@ -13,6 +13,19 @@ SYNTHDRIVE_TINY_COUNTS = {"det": {"train": 6, "val": 3}, "seg": {"train": 4, "va
 SYNTHDRIVE_TINY_SIZE = (64, 112)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """torch on one CPU thread for the test (restored after): the tiny models here are memory-bound, and
+    a second thread on busy shared cores only adds spin-waits. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def synthdrive_tiny_args() -> dict:
     """The ``generate_synthdrive`` arguments of ``synthdrive_tiny`` (copy before changing)."""

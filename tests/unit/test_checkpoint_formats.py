@@ -151,13 +151,7 @@ def _import(fmt: str, up: Upstream, tmp_path: Path, **kwargs):
     return src, out, import_checkpoint(fmt, src, out, ARCH, seed=seed, **kwargs)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Copies and inits here are memory-bound; 2 threads on busy shared cores only add spin-waits."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module", autouse=True)

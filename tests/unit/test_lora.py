@@ -23,12 +23,7 @@ from mtwork.models.backbones import create_features_model
 INPUT = (2, 3, 32, 48)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _backbone(arch="resnet18", seed=0):

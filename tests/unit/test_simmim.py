@@ -23,12 +23,7 @@ ARCH = "mtwork_swinv2_tiny"
 TINY = dict(arch=ARCH, epochs=1, batch_size=4, crop=32, mask_patch_size=8, num_threads=1, progress=False)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

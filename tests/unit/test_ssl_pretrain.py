@@ -53,12 +53,7 @@ RESNET_PRETRAINERS_EXCLUDED = ("simmim",)
 METHODS = [m for m in PRETRAINERS.names() if m not in RESNET_PRETRAINERS_EXCLUDED]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_noise_jpegs(folder: Path, count: int, size=(48, 80), seed: int = 0) -> None:
