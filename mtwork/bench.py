@@ -492,10 +492,13 @@ def timed_passes(one_pass: Callable[[], int], rounds: int) -> Dict[str, float]:
 
 
 def decode_rates(files: Sequence[Path], rounds: int) -> Dict[str, Dict[str, float]]:
-    """img/s of decoding alone, one thread: PIL full size, PIL at 1/2 size (JPEG DCT scaling), torchvision.io."""
+    """img/s of decoding a JPEG file alone, one thread: PIL and the loaders' decoder (simplejpeg,
+    ``mtwork.data.codecs``), each at full size and at 1/2 size (JPEG DCT scaling), and torchvision.io."""
     import numpy as np
     from PIL import Image
     from torchvision.io import decode_jpeg, read_file
+
+    from mtwork.data.codecs import decode_jpeg_rgb
 
     def pil(path: Path, reduce: int) -> Any:
         with Image.open(path) as img:
@@ -503,9 +506,16 @@ def decode_rates(files: Sequence[Path], rounds: int) -> Dict[str, Dict[str, floa
                 img.draft("RGB", (img.width // reduce, img.height // reduce))
             return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
 
+    def simplejpeg(path: Path, reduce: int) -> Any:
+        with Image.open(path) as img:  # the header, as ImageFile reads it
+            size = (img.height, img.width)
+        return decode_jpeg_rgb(path.read_bytes(), size, reduce)
+
     decoders = {
         "pil": lambda p: pil(p, 1),
         "pil_half_size": lambda p: pil(p, 2),
+        "simplejpeg (mtwork)": lambda p: simplejpeg(p, 1),
+        "simplejpeg_half_size": lambda p: simplejpeg(p, 2),
         "torchvision_io": lambda p: decode_jpeg(read_file(str(p))),
     }
 

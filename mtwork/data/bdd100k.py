@@ -79,6 +79,7 @@ import torch
 from PIL import Image
 
 from mtwork.data.batch import IGNORE_INDEX
+from mtwork.data.codecs import JPEG_REDUCTIONS, decode_jpeg_rgb
 from mtwork.errors import UserError
 
 # ---------------------------------------------------------------------------------------------
@@ -659,25 +660,16 @@ def domain_images(root: str | os.PathLike, split: str, attributes: Optional[Mapp
 
 
 def read_image(path: Path) -> np.ndarray:
-    """RGB image -> (H,W,3) uint8; ``DatasetError`` naming the file when missing or corrupt."""
-    try:
-        with Image.open(path) as img:
-            return np.array(img if img.mode == "RGB" else img.convert("RGB"))  # a writable copy
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: image file not found") from None
-    except (OSError, SyntaxError, ValueError) as err:  # PIL reports corrupt data through these
-        raise DatasetError(f"{path}: unreadable or corrupt image ({err})") from None
-
-
-#: Scale denominators libjpeg decodes to directly (DCT scaling), largest first.
-JPEG_REDUCTIONS = (8, 4, 2)
+    """RGB image -> (H,W,3) uint8, writable; ``DatasetError`` naming the file when missing or corrupt."""
+    array = ImageFile(path).decode()
+    return array if array.flags.writeable else array.copy()
 
 
 class ImageFile:
     """An image file read into memory, decoded on demand: at full size, or (JPEG) reduced.
 
-    ``size``: (H, W) on disk, from the header. ``decode(min_size)`` returns (h,w,3) uint8 RGB,
-    read-only: a JPEG whose sides are both divisible by r in ``JPEG_REDUCTIONS`` is decoded at 1/r
+    ``size``: (H, W) on disk, from the header. ``decode(min_size)`` returns (h,w,3) uint8 RGB (to be
+    treated as read-only): a JPEG whose sides are both divisible by r in ``JPEG_REDUCTIONS`` is decoded at 1/r
     (libjpeg's DCT scaling, much cheaper than a full decode plus a resize) for the largest r that
     keeps it at least ``min_size`` (H, W); otherwise at full size. Divisibility keeps a reduced image
     exactly the full frame (reduced pixel j covers full pixels r*j .. r*j+r-1), so resizing it to a
@@ -711,15 +703,16 @@ class ImageFile:
         return 1
 
     def decode(self, min_size: Optional[Tuple[int, int]] = None) -> np.ndarray:
-        """(H/r, W/r, 3) uint8 RGB, read-only (see the class docstring); ``min_size`` None: full size."""
+        """(H/r, W/r, 3) uint8 RGB (see the class docstring; possibly read-only: PIL hands out read-only
+        arrays for other formats); ``min_size`` None: full size."""
         r = self.reduction(min_size)
         try:
-            with Image.open(io.BytesIO(self._data)) as img:
-                if r > 1:
-                    img.draft("RGB", (self.size[1] // r, self.size[0] // r))
-                img = img if img.mode == "RGB" else img.convert("RGB")
-                array = np.asarray(img)
-        except (OSError, SyntaxError, ValueError) as err:
+            if self.format == "JPEG":  # libjpeg-turbo straight into numpy (mtwork.data.codecs)
+                array = decode_jpeg_rgb(self._data, self.size, r)
+            else:
+                with Image.open(io.BytesIO(self._data)) as img:
+                    array = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+        except (OSError, SyntaxError, ValueError) as err:  # PIL's and the JPEG decoder's errors
             raise DatasetError(f"{self.path}: unreadable or corrupt image ({err})") from None
         if array.shape[:2] != (self.size[0] // r, self.size[1] // r):
             raise DatasetError(f"{self.path}: decoded at {array.shape[:2]}, expected {self.size} / {r}")

@@ -397,6 +397,55 @@ def test_image_file_errors_name_the_file(tmp_path):
         ImageFile(tmp_path / "cut.jpg").decode((32, 56))
 
 
+def test_jpeg_decoder_gives_the_pixels_pil_gives(tmp_path):
+    """JPEGs are decoded by libjpeg-turbo through simplejpeg (mtwork.data.codecs); the reference is PIL
+    on the same files (RGB and greyscale JPEGs, 4:2:0 and 4:4:4), at full size and through PIL's
+    draft mode at every reduction."""
+    from PIL import Image
+
+    from mtwork.data.bdd100k import JPEG_REDUCTIONS, ImageFile, read_image
+
+    rng = np.random.default_rng(0)
+    smooth = np.kron(rng.integers(0, 256, (9, 15, 3), dtype=np.uint8), np.ones((8, 8, 1), np.uint8))  # 72x120
+    noisy = rng.integers(0, 256, (72, 120, 3), dtype=np.uint8)
+    cases = {"smooth.jpg": (smooth, {}), "noisy444.jpg": (noisy, {"subsampling": 0}), "grey.jpg": (smooth[..., 0], {})}
+    for name, (array, options) in cases.items():
+        path = tmp_path / name
+        Image.fromarray(array).save(path, quality=90, **options)
+        for r in (1, *JPEG_REDUCTIONS):
+            with Image.open(path) as img:
+                if r > 1:
+                    img.draft("RGB", (120 // r, 72 // r))
+                expected = np.asarray(img.convert("RGB"))
+            decoded = ImageFile(path).decode((72 // r, 120 // r))
+            assert decoded.shape == (72 // r, 120 // r, 3) and decoded.dtype == np.uint8, (name, r)
+            np.testing.assert_array_equal(decoded, expected, err_msg=f"{name} at 1/{r}")
+        full = read_image(path)
+        assert full.flags.writeable and full.shape == (72, 120, 3)
+
+
+def test_jpeg_decoder_refuses_an_inexact_reduction():
+    from mtwork.data.codecs import decode_jpeg_rgb
+
+    with pytest.raises(ValueError, match="reduction 2 does not divide the image size 63x112"):
+        decode_jpeg_rgb(b"", (63, 112), 2)
+    with pytest.raises(ValueError, match="reduction 3"):
+        decode_jpeg_rgb(b"", (72, 120), 3)
+
+
+def test_full_size_jpeg_errors_name_the_file(tmp_path):
+    from mtwork.data.bdd100k import ImageFile, read_image
+
+    data = _jpeg(tmp_path / "full.jpg", np.random.default_rng(0).integers(0, 256, (64, 112, 3), dtype=np.uint8)).read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])  # header intact, scan data cut
+    with pytest.raises(DatasetError, match="cut.jpg: unreadable or corrupt image"):
+        ImageFile(tmp_path / "cut.jpg").decode()
+    with pytest.raises(DatasetError, match="cut.jpg: unreadable or corrupt image"):
+        read_image(tmp_path / "cut.jpg")
+    with pytest.raises(DatasetError, match="gone.jpg: image file not found"):
+        read_image(tmp_path / "gone.jpg")
+
+
 def test_train_transform_reads_the_encoded_image_like_the_decoded_one(synthdrive_tiny):
     from mtwork.data.bdd100k import ImageFile
     from mtwork.data.transforms import TrainTransform
