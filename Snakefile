@@ -38,6 +38,12 @@
 configfile: "params.yaml"
 
 
+# Jobs run their `mtwork` command in a child of a warm process that has imported torch, torchvision and
+# timm once (mtwork/warmstart.py), instead of paying those imports per job. MTWORK_WARM_START=0 in the
+# environment switches it off; inside Slurm jobs it is always off. (Braces doubled: Snakemake formats it.)
+shell.prefix("set -euo pipefail; export MTWORK_WARM_START=${{MTWORK_WARM_START-1}}; ")
+
+
 include: "rules/common.smk"
 
 

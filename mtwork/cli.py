@@ -606,6 +606,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # the console script: a pipeline job may run in a warm process (mtwork.warmstart)
+        from mtwork import warmstart
+
+        if warmstart.enabled():
+            code = warmstart.run_warm(sys.argv[1:])
+            if code is not None:
+                return code
     if not sys.stderr.isatty():
         # In job logs (Snakemake, Slurm) a progress bar redrawn many times a second buries the log:
         # redraw every 20 s instead. tqdm reads TQDM_* variables when it is first imported.
