@@ -73,7 +73,7 @@ def server_key(environ: Optional[Dict[str, str]] = None) -> str:
     environ = os.environ if environ is None else environ
     digest = hashlib.sha256()
     digest.update(f"{sys.executable}\0{sys.version}\0".encode())
-    package = Path(__file__).resolve().parent
+    package = _package_dir()
     for path in sorted(package.rglob("*.py")):
         stat = path.stat()
         digest.update(f"{path.relative_to(package)}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
@@ -133,16 +133,24 @@ def _start_server(path: Path) -> Optional[socket.socket]:
             return conn
         path.unlink(missing_ok=True)  # a dead server's socket file
         log = open(path.with_suffix(".log"), "ab")
-        subprocess.Popen([sys.executable, "-m", "mtwork.warmstart", "serve", str(path)], stdin=subprocess.DEVNULL,
-                         stdout=log, stderr=log, cwd="/", start_new_session=True, close_fds=True)
+        # Started where the job runs, so that relative PYTHONPATH entries find the same mtwork; -P keeps
+        # that directory itself off sys.path, as it is for the console script (Python >= 3.11).
+        safe_path = ["-P"] if sys.version_info >= (3, 11) else []
+        server = subprocess.Popen([sys.executable, *safe_path, "-m", "mtwork.warmstart", "serve", str(path), str(_package_dir())],
+                                  stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True)
         log.close()
         deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and server.poll() is None:
             conn = _connect(path)
             if conn is not None:
                 return conn
             time.sleep(0.05)
     return None
+
+
+def _package_dir() -> Path:
+    """The mtwork package this process runs (the server must import the same one)."""
+    return Path(__file__).resolve().parent
 
 
 def run_warm(argv: Sequence[str]) -> Optional[int]:
@@ -254,8 +262,12 @@ def _child(conn: socket.socket, listener: socket.socket, request: dict, fds: Lis
         os._exit(code)
 
 
-def serve(path: Path) -> None:
-    """Import the heavy modules, listen on ``path`` and fork a child per request until idle."""
+def serve(path: Path, package: Path) -> None:
+    """Import the heavy modules, listen on ``path`` and fork a child per request until idle. Exits
+    without listening (the client then runs its command itself) unless it runs the mtwork of the
+    client, ``package``."""
+    if _package_dir() != package.resolve():
+        sys.exit(f"this server would run {_package_dir()}, the client runs {package}")
     os.environ.setdefault("TQDM_MININTERVAL", "20")  # as mtwork.cli.main sets it for a job log
     import importlib
 
@@ -323,7 +335,7 @@ def serve(path: Path) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "serve":
-        serve(Path(sys.argv[2]))
+    if len(sys.argv) == 4 and sys.argv[1] == "serve":
+        serve(Path(sys.argv[2]), Path(sys.argv[3]))
     else:
-        sys.exit("usage: python -m mtwork.warmstart serve SOCKET")
+        sys.exit("usage: python -m mtwork.warmstart serve SOCKET PACKAGE_DIR")

@@ -98,12 +98,17 @@ def test_a_warm_command_behaves_like_the_cold_one(warm_env, tmp_path, wt):
     assert _mtwork(wt, "no-such-verb", env=warm_env, cwd=work).returncode == 2
 
 
-def test_warm_start_is_off_inside_slurm_jobs_and_when_switched_off():
+def test_warm_start_is_off_inside_slurm_jobs_and_when_switched_off(tmp_path):
     assert warmstart.enabled({warmstart.ENV_SWITCH: "1"})
     assert not warmstart.enabled({warmstart.ENV_SWITCH: "1", "SLURM_JOB_ID": "7"})
     assert not warmstart.enabled({warmstart.ENV_SWITCH: "0"}) and not warmstart.enabled({})
     assert warmstart.server_key({"A": "1"}) != warmstart.server_key({"A": "2"})
     assert warmstart.server_key({"A": "1", "PWD": "/x"}) == warmstart.server_key({"A": "1", "PWD": "/y"})
+    # a server that would import another mtwork than its client's refuses to serve (the client then
+    # runs the command itself)
+    with pytest.raises(SystemExit, match="the client runs"):
+        warmstart.serve(tmp_path / "x.sock", tmp_path)
+    assert not (tmp_path / "x.sock").exists()
 
 
 def _train_cmd(wt, out: Path, data: Path, checkpoint: Path):
