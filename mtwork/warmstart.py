@@ -227,6 +227,7 @@ def _child(conn: socket.socket, listener: socket.socket, request: dict, fds: Lis
         for fd in fds:
             if fd > 2:
                 os.close(fd)
+        sys.stdout.reconfigure(line_buffering=os.isatty(1))  # as Python sets it up for a process of its own
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
