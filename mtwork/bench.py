@@ -498,7 +498,7 @@ def decode_rates(files: Sequence[Path], rounds: int) -> Dict[str, Dict[str, floa
     from PIL import Image
     from torchvision.io import decode_jpeg, read_file
 
-    from mtwork.data.codecs import decode_jpeg_rgb
+    from mtwork.data.bdd100k import ImageFile
 
     def pil(path: Path, reduce: int) -> Any:
         with Image.open(path) as img:
@@ -506,16 +506,16 @@ def decode_rates(files: Sequence[Path], rounds: int) -> Dict[str, Dict[str, floa
                 img.draft("RGB", (img.width // reduce, img.height // reduce))
             return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
 
-    def simplejpeg(path: Path, reduce: int) -> Any:
-        with Image.open(path) as img:  # the header, as ImageFile reads it
-            size = (img.height, img.width)
-        return decode_jpeg_rgb(path.read_bytes(), size, reduce)
+    def loaders(path: Path, reduce: int) -> Any:
+        """The loaders' own path: read, header, decode (simplejpeg through mtwork.data.codecs)."""
+        image = ImageFile(path)
+        return image.decode((image.size[0] // reduce, image.size[1] // reduce))
 
     decoders = {
         "pil": lambda p: pil(p, 1),
         "pil_half_size": lambda p: pil(p, 2),
-        "simplejpeg (mtwork)": lambda p: simplejpeg(p, 1),
-        "simplejpeg_half_size": lambda p: simplejpeg(p, 2),
+        "simplejpeg (mtwork)": lambda p: loaders(p, 1),
+        "simplejpeg_half_size": lambda p: loaders(p, 2),
         "torchvision_io": lambda p: decode_jpeg(read_file(str(p))),
     }
 

@@ -22,8 +22,8 @@ How a command runs (``run_warm``, called by ``mtwork.cli.main`` when invoked as 
    progress and tracebacks go to the job's own log as before.
 4. Signals: the client forwards SIGTERM, SIGINT and SIGHUP to the child's process group (a cancelled
    Snakemake job stops its training); if the client dies (SIGKILL), the child sees its connection
-   close and kills its process group. A child that dies without a status gives exit status 1 with a
-   message naming the signal.
+   close and kills its process group. A child that dies without sending a status (killed by a signal)
+   gives the job exit status 1 and a line saying so.
 
 The server never runs a torch operation (so no thread pool or CUDA context exists before the fork),
 serves children concurrently, and exits after ``IDLE_SECONDS`` without a job. If it cannot start, the
@@ -304,13 +304,9 @@ def serve(path: Path, package: Path) -> None:
             fds: List[int] = []
             try:
                 message, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
-                data = bytearray(message)
-                while b"\n" not in data:  # a long environment may arrive in pieces
-                    chunk = conn.recv(1 << 20)
-                    if not chunk:
-                        raise ValueError("connection closed inside the request")
-                    data.extend(chunk)
-                request = json.loads(bytes(data).split(b"\n", 1)[0])
+                request = _recv_line(conn, bytearray(message))  # a long environment may arrive in pieces
+                if request is None:
+                    raise ValueError("connection closed inside the request")
                 if len(fds) != 3:
                     raise ValueError(f"expected 3 file descriptors, got {len(fds)}")
             except (OSError, ValueError) as exc:
