@@ -14,9 +14,12 @@ Sections (``--sections``, default all three):
 ``loader`` One loader worker's img/s: ``BDD100KDataset`` + ``TrainTransform`` (random rescale, crop/pad,
            flip) + ``collate``, with semseg, drivable and det labels, from JPEGs of BDD100K's real size
            (1280x720) that the benchmark writes itself with SynthDrive; at every ``--loader-size`` (default
-           the paper's 384x640 and the full frame 720x1280), on one thread, next to decoding alone
-           (PIL, PIL at 1/2 size, torchvision.io). ``--workers N`` also runs a DataLoader with N worker
-           processes (img/s in total and per worker, with the inter-process transfer).
+           half the frame, 384x640, and the paper block's 736x1280), on one thread, with the malloc
+           settings of a worker (``mtwork.data.memory``), next to decoding alone (PIL, PIL at 1/2 size,
+           simplejpeg, torchvision.io). As in training, the image's resize, crop and flip are left to
+           the device (``TrainTransform(render_on_device=True)``); that rendering's img/s on this CPU and
+           the worker that renders itself are reported beside it. ``--workers N`` also runs a DataLoader
+           with N worker processes (img/s in total and per worker, with the inter-process transfer).
 
 Per model: img/s (batch / mean step time: TROA's occasional pass counts), peak memory
 (``torch.cuda.max_memory_allocated`` above what was allocated before the model was built; on CPU the
@@ -529,26 +532,46 @@ def decode_rates(files: Sequence[Path], rounds: int) -> Dict[str, Dict[str, floa
         return {name: timed_passes(lambda: all_files(decode), rounds) for name, decode in decoders.items()}
 
 
-def loader_rate(root: Path, size: Tuple[int, int], batch: int, rounds: int) -> Dict[str, float]:
+def loader_rate(root: Path, size: Tuple[int, int], batch: int, rounds: int) -> Dict[str, Any]:
     """One worker's work on one thread: ``dataset[i]`` (read, decode, labels, TrainTransform) for a batch
-    of indices, then ``collate``; img/s per pass over the data set (new augmentation draws each pass)."""
+    of indices, then ``collate``; img/s per pass over the data set (new augmentation draws each pass).
+
+    Top level: the worker of a training run (``TrainTransform(render_on_device=True)``, as
+    ``mtwork.train`` sets it): the image's resize, crop and flip are left to the device. ``render``:
+    that rendering (``batch_to_device`` on the collated batches) on this CPU, which a GPU does in
+    microseconds; ``in_worker``: the worker when it renders the canvas itself."""
     import torch
 
-    from mtwork.data.batch import collate
+    from mtwork.data.batch import batch_to_device, collate
     from mtwork.data.bdd100k import BDD100KDataset
     from mtwork.data.transforms import TrainTransform
 
-    dataset = BDD100KDataset(root, "train", tasks=("semseg", "drivable", "det"),
-                             transform=TrainTransform(tuple(size), generator=torch.Generator().manual_seed(0)))
-    n = len(dataset)
-    chunks = [list(range(i, min(n, i + batch))) for i in range(0, n, batch)]
+    def dataset(render_on_device: bool) -> Any:
+        return BDD100KDataset(root, "train", tasks=("semseg", "drivable", "det"), transform=TrainTransform(
+            tuple(size), generator=torch.Generator().manual_seed(0), render_on_device=render_on_device))
 
-    def one_pass() -> int:
-        for chunk in chunks:
-            collate([dataset[i] for i in chunk])
+    deferred, in_worker = dataset(True), dataset(False)
+    n = len(deferred)
+    chunks = [list(range(i, min(n, i + batch))) for i in range(0, n, batch)]
+    batches = [collate([deferred[i] for i in chunk]) for chunk in chunks]
+    cpu = torch.device("cpu")
+
+    def one_pass(data: Any) -> Callable[[], int]:
+        def run() -> int:
+            for chunk in chunks:
+                collate([data[i] for i in chunk])
+            return n
+        return run
+
+    def render() -> int:
+        for b in batches:
+            batch_to_device(b, cpu)
         return n
 
-    return timed_passes(one_pass, rounds)
+    record: Dict[str, Any] = timed_passes(one_pass(deferred), rounds)
+    record["render"] = timed_passes(render, rounds)
+    record["in_worker"] = timed_passes(one_pass(in_worker), rounds)
+    return record
 
 
 def dataloader_rate(root: Path, size: Tuple[int, int], batch: int, workers: int, passes: int, pin: bool) -> Dict[str, float]:
@@ -559,17 +582,20 @@ def dataloader_rate(root: Path, size: Tuple[int, int], batch: int, workers: int,
 
     from mtwork.data.batch import collate
     from mtwork.data.bdd100k import BDD100KDataset
+    from mtwork.data.memory import loader_worker_init
     from mtwork.data.transforms import TrainTransform
 
-    dataset = BDD100KDataset(root, "train", tasks=("semseg", "drivable", "det"), transform=TrainTransform(tuple(size)))
+    dataset = BDD100KDataset(root, "train", tasks=("semseg", "drivable", "det"),
+                             transform=TrainTransform(tuple(size), render_on_device=True))  # as in training
     order = list(range(len(dataset))) * max(1, passes)
     loader = DataLoader(dataset, batch_size=batch, sampler=order, num_workers=workers, collate_fn=collate,
-                        pin_memory=pin, prefetch_factor=4, generator=torch.Generator().manual_seed(0))
+                        pin_memory=pin, prefetch_factor=4, generator=torch.Generator().manual_seed(0),
+                        worker_init_fn=loader_worker_init)
     iterator = iter(loader)
     first = next(iterator)
     images, t0 = 0, time.perf_counter()
     for batch_ in iterator:
-        images += batch_["image"].shape[0]
+        images += len(batch_["names"])
     seconds = time.perf_counter() - t0
     del first
     total = images / seconds if seconds > 0 else float("nan")
@@ -633,7 +659,10 @@ def run(params: Mapping[str, Any], args: argparse.Namespace, command: str) -> Di
             vit_records = record["vit"]
             vit_records["vtagml"]["vs_full_finetune"] = vit_records["vtagml"]["img_per_s"] / vit_records["full_finetune"]["img_per_s"]
     if "loader" in args.sections:
-        torch.set_num_threads(1)  # what a DataLoader worker runs with
+        from mtwork.data.memory import keep_freed_memory
+
+        torch.set_num_threads(1)  # what a DataLoader worker runs with,
+        keep_freed_memory()  # and its malloc settings (mtwork.data.memory; this section runs last)
         sizes = [tuple(s) for s in (args.loader_size or DEFAULT_LOADER_SIZES)]
         loader_batch = int(args.loader_batch or batch)
         root = loader_data(args.loader_data, args.loader_images, tuple(args.loader_image_size))
@@ -698,6 +727,11 @@ def format_report(record: Mapping[str, Any]) -> str:
                 d = r["dataloader"]
                 line += f"; DataLoader, {d['workers']} workers: {d['img_per_s']:.1f} img/s, {d['img_per_s_per_worker']:.1f} per worker"
             lines.append(line)
+            for key, what in (("render", "its images' rendering (on the device in training) here"),
+                              ("in_worker", "the worker rendering the images itself")):
+                if key in r:
+                    lines.append(f"    {what + ':':58s} {r[key]['img_per_s']:8.1f} img/s ({r[key]['img_per_s_median']:.1f}; "
+                                 f"{r[key]['img_per_cpu_s']:.1f} per CPU second)")
     return "\n".join(lines)
 
 

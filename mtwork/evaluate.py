@@ -168,10 +168,13 @@ def _evaluate_on(params, run_dir: Path, model, ckpt, device, protocol: str, doma
 
 
 def eval_loader(dataset, batch_size: int, collate: Callable, workers: int, device: torch.device) -> DataLoader:
-    """The evaluation DataLoader: in order, ``workers`` loader processes (train.workers), pinned memory
-    on CUDA so the copies to the GPU overlap the forward."""
+    """The evaluation DataLoader: in order, ``workers`` loader processes (train.workers) that keep the
+    memory they free (``mtwork.data.memory``), pinned memory on CUDA so the copies to the GPU overlap
+    the forward."""
+    from mtwork.data.memory import loader_worker_init
+
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=workers,
-                      pin_memory=device.type == "cuda")
+                      pin_memory=device.type == "cuda", worker_init_fn=loader_worker_init)
 
 
 def run_evaluators(tasks: Mapping[str, Any], loader: DataLoader, forward: Callable[[torch.Tensor], Mapping[str, Any]],

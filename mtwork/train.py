@@ -101,7 +101,9 @@ class Source1Recipe(Recipe):
         self.dataset = open_domain(params, domain or params["data"]["source_domain"], "train", run.tasks, root=data_root)
         if len(self.dataset) == 0:
             raise DatasetError(f"{data_root}: the train split has no images labeled for {', '.join(run.tasks)}")
-        self.transform = TrainTransform(tuple(tp["input_size"]))
+        # the image's resize, crop and flip run on the training device, not in the loader workers
+        # (the same pixels on the CPU; docs/benchmarks.md, "Loader")
+        self.transform = TrainTransform(tuple(tp["input_size"]), render_on_device=True)
         self.collate = collate
 
     def log_header(self) -> Dict[str, Any]:

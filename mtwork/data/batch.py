@@ -1,7 +1,10 @@
 """Collation of samples with partial labels into one batch (layout documented in mtwork.tasks.base).
 
 Sample dict produced by a dataset (after its transform):
-    image:     (3,H,W) uint8 RGB, not normalised (``batch_to_device`` normalises on the device)
+    image:     (3,H,W) uint8 RGB, not normalised (``batch_to_device`` normalises on the device); or,
+               from ``TrainTransform(render_on_device=True)``, the decoded frame (h,w,3) uint8 with
+    image_geometry: (10,) int64 ``CanvasGeometry``: batched as ``frames`` (a list) and
+               ``image_geometry`` (B,10), and drawn into the (B,3,H,W) canvas by ``batch_to_device``
     image_box: (x1, y1, x2, y2) ints, pixel edges of the canvas region that holds the image; the rest
                is padding (filled with ``IMAGE_PAD_UINT8``, the mean colour) -- optional, absent =
                the whole canvas is image
@@ -41,9 +44,11 @@ the invalid value, so losses and metrics that look at valid pixels need no extra
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List, Sequence
 
 import torch
+import torch.utils.data
 import torch.nn.functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -58,11 +63,27 @@ BOX_TASKS = ("det",)
 FLOAT_TASKS = {"depth": (None, 0.0), "normals": (3, 0.0), "edges": (None, -1.0)}
 
 
+def _batch_tensor(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised batch tensor. In a DataLoader worker it lives in shared memory, as torch's
+    ``default_collate`` does it: the worker then sends the main process a handle to it, where a
+    tensor on the worker's heap would be copied into shared memory once more (2.8 MB per 736x1280
+    image) before it can be sent."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(tuple(shape), dtype=dtype)
+    storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(math.prod(shape))
+    return torch.empty(0, dtype=dtype).set_(storage).view(tuple(shape))
+
+
+def _stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack(tensors)`` into a ``_batch_tensor``."""
+    return torch.stack(list(tensors), out=_batch_tensor((len(tensors), *tensors[0].shape), tensors[0].dtype))
+
+
 def _pad_stack(masks: List[torch.Tensor | None], shape: tuple[int, int]) -> torch.Tensor:
     """Stack (h,w) uint8 masks into (B,H,W) uint8, padding and filling absent ones with IGNORE_INDEX."""
-    if all(m is not None and tuple(m.shape) == tuple(shape) for m in masks):
-        return torch.stack(masks).to(torch.uint8)
-    out = torch.full((len(masks), *shape), IGNORE_INDEX, dtype=torch.uint8)
+    if all(m is not None and tuple(m.shape) == tuple(shape) and m.dtype == torch.uint8 for m in masks):
+        return _stack(masks)
+    out = _batch_tensor((len(masks), *shape), torch.uint8).fill_(IGNORE_INDEX)
     for i, mask in enumerate(masks):
         if mask is not None:
             out[i, : mask.shape[0], : mask.shape[1]] = mask
@@ -74,24 +95,39 @@ def collate(samples: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     dense regression keys when some sample carries the label (module docstring)."""
     if not samples:
         raise ValueError("cannot collate an empty list of samples")
-    images = torch.stack([s["image"] for s in samples])
-    if images.dtype != torch.uint8:
-        raise ValueError(f"collate: sample images must be (3,H,W) uint8 (mtwork.data.batch), got {images.dtype}")
-    height, width = images.shape[-2:]
-    batch: Dict[str, Any] = {
-        "image": images,
+    deferred = ["image_geometry" in s for s in samples]
+    if any(deferred) != all(deferred):
+        raise ValueError("collate: some samples carry a frame to render on the device (image_geometry), others a canvas")
+    batch: Dict[str, Any] = {}
+    if all(deferred):
+        # frames of different sizes (reduced decodes), rendered by batch_to_device; each one copied
+        # into shared memory in a worker, as _stack does
+        batch["frames"] = [f if torch.utils.data.get_worker_info() is None else _batch_tensor(f.shape, f.dtype).copy_(f)
+                           for f in (s["image"] for s in samples)]
+        batch["image_geometry"] = _stack([s["image_geometry"] for s in samples])
+        height, width = (int(v) for v in batch["image_geometry"][0, 6:8])
+        if any(f.dtype != torch.uint8 or f.dim() != 3 or f.shape[-1] != 3 for f in batch["frames"]):
+            raise ValueError("collate: frames to render on the device must be (h,w,3) uint8 (mtwork.data.transforms)")
+        if bool((batch["image_geometry"][:, 6:8] != torch.tensor([height, width])).any()):
+            raise ValueError("collate: the samples' canvases differ in size")
+    else:
+        batch["image"] = _stack([s["image"] for s in samples])
+        if batch["image"].dtype != torch.uint8:
+            raise ValueError(f"collate: sample images must be (3,H,W) uint8 (mtwork.data.batch), got {batch['image'].dtype}")
+        height, width = batch["image"].shape[-2:]
+    batch.update({
         "image_box": torch.tensor([list(s.get("image_box", (0, 0, width, height))) for s in samples], dtype=torch.long),
         "names": [s["name"] for s in samples],
         "orig_size": torch.tensor([list(s["orig_size"]) for s in samples], dtype=torch.long),
         "labeled": {},
-    }
+    })
     batch["valid_size"] = batch["image_box"][:, [3, 2]].clone()  # (y2, x2): the letterbox's image part
     for task in MASK_TASKS:
         masks = [s.get(task) for s in samples]
         present = [m for m in masks if m is not None]
         shape = (
-            max(m.shape[0] for m in present) if present else images.shape[-2],
-            max(m.shape[1] for m in present) if present else images.shape[-1],
+            max(m.shape[0] for m in present) if present else height,
+            max(m.shape[1] for m in present) if present else width,
         )
         batch[task] = _pad_stack(masks, shape)
         batch["labeled"][task] = torch.tensor([m is not None for m in masks])
@@ -103,7 +139,7 @@ def collate(samples: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
             continue  # no (B,...) float32 map of invalid values: 5 MB per 384x640 sample for nothing
         shape = (max(m.shape[-2] for m in present), max(m.shape[-1] for m in present))
         lead = (len(samples),) if channels is None else (len(samples), channels)
-        out = torch.full((*lead, *shape), fill, dtype=torch.float32)
+        out = _batch_tensor((*lead, *shape), torch.float32).fill_(fill)
         for i, m in enumerate(maps):
             if m is not None:
                 out[i, ..., : m.shape[-2], : m.shape[-1]] = m
@@ -152,9 +188,18 @@ def batch_to_device(batch: Dict[str, Any], device: torch.device) -> Dict[str, An
     """Move a collated batch to ``device`` and make the model's input there (layout in the module
     docstring): uint8 images are normalised (padding outside ``image_box`` -> 0) and uint8 masks
     become int64 after the copy, so only uint8 crosses to the device. A float image (a batch made by
-    hand, already normalised) is moved as it is."""
+    hand, already normalised) is moved as it is. A batch of decoded frames (``frames``,
+    ``image_geometry``: ``TrainTransform(render_on_device=True)``) gets its (B,3,H,W) uint8 canvas
+    drawn on the device first (``mtwork.data.transforms.render_image``)."""
     out = dict(batch)
-    image = batch["image"].to(device, non_blocking=True)
+    if "frames" in batch:  # TrainTransform(render_on_device=True): draw the canvases here
+        from mtwork.data.transforms import CanvasGeometry, render_image
+
+        del out["frames"], out["image_geometry"]
+        image = torch.stack([render_image(frame.to(device, non_blocking=True), CanvasGeometry.from_tensor(g))
+                             for frame, g in zip(batch["frames"], batch["image_geometry"])])
+    else:
+        image = batch["image"].to(device, non_blocking=True)
     if image.dtype == torch.uint8:
         box = batch.get("image_box")
         # decided on the host copy (no device sync): most batches (evaluation) have no padding at all

@@ -79,7 +79,7 @@ import torch
 from PIL import Image
 
 from mtwork.data.batch import IGNORE_INDEX
-from mtwork.data.codecs import JPEG_REDUCTIONS, decode_jpeg_rgb
+from mtwork.data.codecs import JPEG_REDUCTIONS, decode_grey8_png, decode_jpeg_rgb
 from mtwork.errors import UserError
 
 # ---------------------------------------------------------------------------------------------
@@ -727,9 +727,19 @@ class ImageFile:
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """Single-channel PNG -> (H,W) array (uint8 for 8-bit masks, uint16/int32 for 16-bit)."""
+    """Single-channel PNG -> (H,W) array (uint8 for 8-bit masks, uint16/int32 for 16-bit).
+
+    8-bit greyscale files (BDD100K's semseg and drivable masks) are decoded by libspng
+    (``mtwork.data.codecs``), every other kind by PIL; both give the file's values. ``DatasetError``
+    naming the file when it is missing, corrupt or not single-channel.
+    """
+    path = Path(path)
     try:
-        with Image.open(path) as img:
+        data = path.read_bytes()
+        mask = decode_grey8_png(data)
+        if mask is not None:
+            return mask
+        with Image.open(io.BytesIO(data)) as img:
             if img.mode not in ("L", "P", "I;16", "I;16B", "I"):
                 raise DatasetError(f"{path}: expected a single-channel mask, got PIL mode {img.mode}")
             return np.asarray(img)
@@ -783,7 +793,7 @@ def valid_semseg(mask: np.ndarray, path: Path) -> np.ndarray:
     if not ok.all():
         bad = sorted(int(v) for v in np.unique(mask[~ok]))[:10]
         raise DatasetError(f"{path}: semseg ids {bad} outside 0..18 and 255")
-    return mask.astype(np.uint8)
+    return mask.astype(np.uint8, copy=False)
 
 
 def valid_drivable(mask: np.ndarray, path: Path) -> np.ndarray:
@@ -791,7 +801,7 @@ def valid_drivable(mask: np.ndarray, path: Path) -> np.ndarray:
     if mask.max(initial=0) >= len(DRIVABLE_CLASSES):
         bad = sorted(int(v) for v in np.unique(mask[mask >= len(DRIVABLE_CLASSES)]))[:10]
         raise DatasetError(f"{path}: drivable ids {bad} outside the on-disk ids 0..2")
-    return decode_drivable(mask.astype(np.uint8))
+    return decode_drivable(mask.astype(np.uint8, copy=False))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,9 @@ Input (raw sample, e.g. from ``BDD100KDataset`` without a transform)::
     det {"boxes": (N,4) float xyxy pixel edges, "labels": (N,) int, optional "ignore_boxes" (M,4),
          "ignore_labels" (M,): ignore regions, transformed like the boxes} | name | orig_size (H0,W0)
 
+With ``render_on_device``, TrainTransform's output image is instead the decoded frame (h,w,3) uint8
+with its ``image_geometry``, drawn on the training device (``render_image``, ``CanvasGeometry``).
+
 ``TrainTransform`` also takes an encoded image in place of the array (``TAKES_ENCODED_IMAGE``): an
 object with ``size`` (H0, W0) and ``decode(min_size) -> (h,w,3) uint8`` (``mtwork.data.bdd100k.
 ImageFile``), which it decodes at the largest JPEG reduction that still holds the resized image.
@@ -43,7 +46,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -80,19 +83,86 @@ def image_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1)))
 
 
-def resize_image(image: np.ndarray, size_hw: Tuple[int, int]) -> torch.Tensor:
-    """(H,W,3) uint8 array -> (3,h,w) uint8 tensor, bilinear with antialiasing.
-
-    torch's vectorised uint8 kernel (3-5x faster than PIL's on one thread), with PIL's triangle filter
-    widened by the scale factor when shrinking and pixel-centre sampling. Read-only arrays (PIL hands
-    those out) are fine: the array is only read. Not necessarily contiguous.
-    """
-    if image.shape[:2] == tuple(size_hw):
-        return image_tensor(image)
+def frame_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H,W,3) uint8 array -> (H,W,3) uint8 tensor sharing its memory. Read-only arrays (PIL hands
+    those out) are shared too: only ever read (``resize_uint8``) or copied (``collate``)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # torch warns once about non-writable arrays
-        view = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0)  # channels-last strides, no copy
+        return torch.from_numpy(image)
+
+
+def resize_uint8(frame: torch.Tensor, size_hw: Tuple[int, int]) -> torch.Tensor:
+    """(H,W,3) uint8 tensor -> (3,h,w) uint8, bilinear with antialiasing, on the frame's device.
+
+    On the CPU: torch's vectorised uint8 kernel (3-5x faster than PIL's on one thread), with PIL's
+    triangle filter widened by the scale factor when shrinking and pixel-centre sampling; it reads the
+    (H,W,3) layout as channels-last, so nothing is copied first. Elsewhere (CUDA has no uint8
+    antialiased kernel) the same filter runs in float32 and is rounded to uint8: within one grey
+    level of the CPU's fixed-point result. Not necessarily contiguous.
+    """
+    if frame.device.type != "cpu":
+        return resize_uint8_in_float(frame, size_hw)
+    view = frame.permute(2, 0, 1).unsqueeze(0)  # channels-last strides, no copy
     return F.interpolate(view, size=tuple(size_hw), mode="bilinear", align_corners=False, antialias=True)[0]
+
+
+def resize_uint8_in_float(frame: torch.Tensor, size_hw: Tuple[int, int]) -> torch.Tensor:
+    """``resize_uint8``'s path off the CPU: (H,W,3) uint8 -> (3,h,w) uint8 through float32, rounded."""
+    view = frame.permute(2, 0, 1).unsqueeze(0).float()
+    out = F.interpolate(view, size=tuple(size_hw), mode="bilinear", align_corners=False, antialias=True)[0]
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def resize_image(image: np.ndarray, size_hw: Tuple[int, int]) -> torch.Tensor:
+    """(H,W,3) uint8 array -> (3,h,w) uint8 tensor, bilinear with antialiasing (``resize_uint8``).
+    Not necessarily contiguous."""
+    if image.shape[:2] == tuple(size_hw):
+        return image_tensor(image)
+    return resize_uint8(frame_tensor(image), size_hw)
+
+
+class CanvasGeometry(NamedTuple):
+    """Where TrainTransform puts its image on the canvas, in network pixels: the whole frame resized to
+    ``resized`` (h, w), the window of ``region`` (h, w) at ``crop`` (y0, x0) of it placed on the
+    ``canvas`` (H, W) at column ``cx`` (row 0), flipped horizontally with the canvas when ``flip``;
+    the rest of the canvas is padding. ``render_image`` draws it; a sample whose image rendering is
+    left to the device carries it as ``image_geometry`` (``as_tensor``: (10,) int64)."""
+
+    rh: int
+    rw: int
+    y0: int
+    x0: int
+    ch: int
+    cw: int
+    out_h: int
+    out_w: int
+    cx: int
+    flip: int
+
+    def as_tensor(self) -> torch.Tensor:
+        return torch.tensor(self, dtype=torch.int64)
+
+    @classmethod
+    def from_tensor(cls, row: torch.Tensor) -> "CanvasGeometry":
+        return cls(*(int(v) for v in row.tolist()))
+
+
+def render_image(frame: torch.Tensor, g: CanvasGeometry) -> torch.Tensor:
+    """(h,w,3) uint8 frame, the whole image (possibly decoded at a reduced size) -> (3,H,W) uint8
+    canvas (``CanvasGeometry``), on the frame's device: resize, crop, flip, pad with the mean colour.
+    TrainTransform's one implementation of the image's geometry, in a loader worker or (deferred) on
+    the training device (``mtwork.data.batch.batch_to_device``); the same pixels on the CPU either way."""
+    if tuple(frame.shape[:2]) == (g.rh, g.rw):
+        resized = frame.permute(2, 0, 1)
+    else:
+        resized = resize_uint8(frame, (g.rh, g.rw))
+    window = resized[:, g.y0 : g.y0 + g.ch, g.x0 : g.x0 + g.cw]
+    window = window.flip(-1) if g.flip else window
+    if (g.ch, g.cw) == (g.out_h, g.out_w):
+        return window.contiguous()
+    canvas = _PAD_COLOUR.to(frame.device).view(3, 1, 1).repeat(1, g.out_h, g.out_w)
+    canvas[:, : g.ch, g.cx : g.cx + g.cw] = window
+    return canvas
 
 
 def nearest_indices(size_in: int, size_out: int, start: int = 0, count: Optional[int] = None) -> np.ndarray:
@@ -111,7 +181,7 @@ def _resize(array: np.ndarray, size_hw: Tuple[int, int], nearest: bool) -> np.nd
         return array
     if nearest:
         rows, cols = nearest_indices(array.shape[0], size_hw[0]), nearest_indices(array.shape[1], size_hw[1])
-        return np.take(np.take(array, rows, axis=0), cols, axis=1)
+        return array[rows][:, cols]
     if array.ndim == 3 and array.shape[2] == 3 and array.dtype == np.uint8:
         return resize_image(array, size_hw).permute(1, 2, 0).numpy()
     if array.ndim == 3:
@@ -220,6 +290,14 @@ class TrainTransform:
 
     ``generator``: a seeded ``torch.Generator`` for reproducible draws; None uses torch's global RNG
     (which DataLoader seeds per worker).
+
+    ``render_on_device``: leave the image's resize, crop, flip and padding to the training device. The
+    sample's ``image`` is then the decoded frame, (h,w,3) uint8 (the whole image, possibly decoded at
+    a reduced size), with ``image_geometry`` (``CanvasGeometry.as_tensor``); ``collate`` keeps the
+    frames as a list and ``batch_to_device`` renders the (B,3,H,W) canvas on the device with
+    ``render_image``, the function this transform uses otherwise: identical pixels on the CPU. Masks,
+    boxes and cameras are transformed here either way. The resize is a quarter of a loader worker's
+    time at 736x1280 on a CPU and a few microseconds on a GPU (docs/benchmarks.md, "Loader").
     """
 
     #: Datasets may hand this transform an encoded image (``mtwork.data.bdd100k.ImageFile``).
@@ -231,8 +309,10 @@ class TrainTransform:
         scale_range: Tuple[float, float] = (0.8, 1.25),
         hflip_prob: float = 0.5,
         generator: Optional[torch.Generator] = None,
+        render_on_device: bool = False,
     ):
         self.size = _check_size(size, "TrainTransform")
+        self.render_on_device = bool(render_on_device)
         lo, hi = scale_range
         if not 0 < lo <= hi:
             raise ValueError(f"TrainTransform: scale_range must satisfy 0 < lo <= hi, got {scale_range!r}")
@@ -281,11 +361,11 @@ class TrainTransform:
         cx = out_w - cw if params.flip else 0
         rows, cols = nearest_indices(h0, rh, y0, ch), nearest_indices(w0, rw, x0, cw)
         if params.flip:
-            cols = cols[::-1]
+            cols = np.ascontiguousarray(cols[::-1])  # a reversed view would make the gathered windows non-contiguous
 
         def place(array: np.ndarray, fill: Any, nearest: bool) -> np.ndarray:
-            if nearest:  # sample the crop window only
-                window = np.take(np.take(array, rows, axis=0), cols, axis=1)
+            if nearest:  # sample the crop window only (rows first: the column gather then sees only those)
+                window = array[rows][:, cols]
             else:
                 window = _resize(array, (rh, rw), nearest=False)[y0 : y0 + ch, x0 : x0 + cw]
                 window = window[:, ::-1] if params.flip else window
@@ -297,13 +377,12 @@ class TrainTransform:
             return canvas
 
         out: Dict[str, Any] = {"name": sample["name"], "orig_size": (h0, w0)}
-        window = resize_image(_decoded_image(sample, (rh, rw)), (rh, rw))[:, y0 : y0 + ch, x0 : x0 + cw]
-        window = window.flip(-1) if params.flip else window
-        if (ch, cw) == (out_h, out_w):
-            out["image"] = window.contiguous()
+        geometry = CanvasGeometry(rh, rw, y0, x0, ch, cw, out_h, out_w, cx, int(params.flip))
+        frame = frame_tensor(_decoded_image(sample, (rh, rw)))
+        if self.render_on_device:
+            out["image"], out["image_geometry"] = frame, geometry.as_tensor()
         else:
-            out["image"] = _PAD_COLOUR.view(3, 1, 1).repeat(1, out_h, out_w)
-            out["image"][:, :ch, cx : cx + cw] = window
+            out["image"] = render_image(frame, geometry)
         out["image_box"] = (cx, 0, cx + cw, ch)
 
         for task, fill in MASK_PAD.items():

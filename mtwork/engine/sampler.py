@@ -122,9 +122,13 @@ class SeededSamples(Dataset):
 def train_loader(samples: SeededSamples, sampler: GlobalBatchSampler, collate: Callable, workers: int,
                  pin_memory: bool, seed: int) -> torch.utils.data.DataLoader:
     """The DataLoader over ``samples`` in ``sampler``'s micro-batches. Its own generator keeps the
-    loader from drawing torch's global RNG state (which the model may use) when it starts workers."""
+    loader from drawing torch's global RNG state (which the model may use) when it starts workers;
+    its workers keep the memory they free (``mtwork.data.memory``)."""
+    from mtwork.data.memory import loader_worker_init
+
     return torch.utils.data.DataLoader(
         samples, batch_sampler=sampler, num_workers=workers, collate_fn=collate, pin_memory=pin_memory,
         persistent_workers=workers > 0, generator=torch.Generator().manual_seed(derived_seed(seed, 2)),
+        worker_init_fn=loader_worker_init,
     )
 

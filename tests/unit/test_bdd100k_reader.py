@@ -486,3 +486,60 @@ def test_collate_leaves_out_dense_labels_no_sample_carries(synthdrive_tiny):
     # after batch_to_device every dense key is there, invalid everywhere (made on the device)
     assert (on_device["depth"] == 0).all() and on_device["depth"].shape == (4, 48, 96)
     assert (on_device["edges"] == -1).all() and on_device["normals"].shape == (4, 3, 48, 96)
+
+
+def test_mask_reader_gives_the_values_pil_gives(tmp_path):
+    """8-bit greyscale masks go through libspng (mtwork.data.codecs), every other kind through PIL; the
+    reference is PIL on the same files: random ids, a tRNS chunk, several IDAT chunks, palette indices,
+    16-bit depth."""
+    from PIL import Image, PngImagePlugin
+
+    from mtwork.data.bdd100k import read_mask
+    from mtwork.data.codecs import decode_grey8_png, png_header
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 256, (37, 53), dtype=np.uint8)
+    files = {
+        "grey.png": (Image.fromarray(ids), {}),
+        "grey_trns.png": (Image.fromarray(ids), {"transparency": 5}),
+        "palette.png": (Image.fromarray(ids).convert("P", palette=Image.Palette.ADAPTIVE, colors=7), {}),
+        "depth16.png": (Image.fromarray(ids.astype(np.uint16) * 251 + 7), {}),
+    }
+    old_block = PngImagePlugin.ImageFile.MAXBLOCK
+    for name, (image, options) in files.items():
+        PngImagePlugin.ImageFile.MAXBLOCK = 256 if name == "grey.png" else old_block  # many IDAT chunks
+        try:
+            image.save(tmp_path / name, **options)
+        finally:
+            PngImagePlugin.ImageFile.MAXBLOCK = old_block
+        data = (tmp_path / name).read_bytes()
+        with Image.open(tmp_path / name) as img:
+            expected = np.asarray(img)
+        mask = read_mask(tmp_path / name)
+        assert mask.dtype == expected.dtype and mask.shape == (37, 53), name
+        np.testing.assert_array_equal(mask, expected, err_msg=name)
+        fast = decode_grey8_png(data)
+        # only 8-bit greyscale takes the libspng path: pyspng turns palettes into RGB, 16 bits into grey+alpha
+        assert (fast is not None) == name.startswith("grey"), name
+        assert png_header(data)[:2] == (37, 53)
+    assert decode_grey8_png(b"not a png") is None and png_header(b"\x89PNG") is None
+
+
+def test_mask_errors_name_the_file(tmp_path):
+    from PIL import Image
+
+    from mtwork.data.bdd100k import read_mask
+
+    Image.fromarray(np.arange(64 * 112, dtype=np.uint32).reshape(64, 112).astype(np.uint8)).save(tmp_path / "m.png")
+    data = (tmp_path / "m.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) - 40])  # IDAT cut short
+    corrupt = bytearray(data)
+    corrupt[60:70] = b"\xff" * 10  # inside the compressed pixels
+    (tmp_path / "corrupt.png").write_bytes(bytes(corrupt))
+    (tmp_path / "empty.png").write_bytes(b"")
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "rgb.png")
+    for name, what in (("cut.png", "unreadable or corrupt mask"), ("corrupt.png", "unreadable or corrupt mask"),
+                       ("empty.png", "unreadable or corrupt mask"), ("rgb.png", "expected a single-channel mask"),
+                       ("gone.png", "mask file not found")):
+        with pytest.raises(DatasetError, match=f"{name}: {what}"):
+            read_mask(tmp_path / name)

@@ -281,3 +281,95 @@ def test_batch_to_device_normalises_and_zeroes_the_padding():
     torch.testing.assert_close(image[1, :, 15, 30], red)  # inside the car
     with pytest.raises(ValueError, match="uint8"):
         collate([{**full, "image": full["image"].float()}])
+
+
+def _render_both(samples_and_params, size):
+    """The batch as the model gets it, with the image drawn in the transform and on the device."""
+    batches = []
+    for deferred in (False, True):
+        t = TrainTransform(size, render_on_device=deferred)
+        batches.append(batch_to_device(collate([t.apply(s, p) for s, p in samples_and_params]), torch.device("cpu")))
+    return batches
+
+
+def test_rendering_on_the_device_gives_the_pixels_of_the_transform():
+    """TrainTransform(render_on_device=True) hands over the decoded frame and its CanvasGeometry;
+    batch_to_device draws the canvas with the same function: identical tensors on the CPU, for crops,
+    padding, flips and frames of different sizes (reduced decodes) in one batch."""
+    small = _sample()
+    small["image"] = np.ascontiguousarray(small["image"][::2, ::2])  # a 32x56 frame of the same scene
+    for key in ("semseg", "drivable"):
+        small[key] = np.ascontiguousarray(small[key][::2, ::2])
+    small["orig_size"] = (32, 56)
+    cases = [
+        (_sample(), AugParams(scale=0.5, resized=(32, 56), crop=(0, 0), flip=True)),  # padded, flipped
+        (_sample(), AugParams(scale=1.3, resized=(83, 146), crop=(7, 21), flip=False)),  # cropped
+        (_sample(with_depth=True), AugParams(scale=1.0, resized=(64, 112), crop=(0, 0), flip=True)),  # no resize
+        (small, AugParams(scale=1.2, resized=(38, 67), crop=(0, 5), flip=True)),
+    ]
+    in_transform, on_device = _render_both(cases, (48, 84))
+    assert in_transform.keys() == on_device.keys()
+    for key in ("image", "image_box", "valid_size", "semseg", "drivable", "depth"):
+        assert torch.equal(in_transform[key], on_device[key]), key
+    for a, b in zip(in_transform["det"], on_device["det"]):
+        assert torch.equal(a["boxes"], b["boxes"])
+    # random draws through __call__, the path training takes
+    for seed in range(6):
+        draws = [(s, TrainTransform((40, 72)).sample_params((64, 112), torch.Generator().manual_seed(seed * 3 + i)))
+                 for i, s in enumerate((_sample(), _sample(), _sample()))]
+        a, b = _render_both(draws, (40, 72))
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["semseg"], b["semseg"])
+
+
+def test_deferred_samples_collate_to_frames_and_mixing_is_refused():
+    t = TrainTransform((48, 84), render_on_device=True)
+    out = t.apply(_sample(), AugParams(scale=1.3, resized=(83, 146), crop=(7, 21), flip=False))
+    assert out["image"].shape == (64, 112, 3) and out["image"].dtype == torch.uint8
+    assert out["image_geometry"].tolist() == [83, 146, 7, 21, 48, 84, 48, 84, 0, 0]
+    batch = collate([out, out])
+    assert "image" not in batch and len(batch["frames"]) == 2 and batch["image_geometry"].shape == (2, 10)
+    assert batch["semseg"].shape == (2, 48, 84)
+    canvas = TrainTransform((48, 84)).apply(_sample(), AugParams(scale=1.3, resized=(83, 146), crop=(7, 21), flip=False))
+    with pytest.raises(ValueError, match="image_geometry"):
+        collate([out, canvas])
+    other = TrainTransform((40, 84), render_on_device=True).apply(_sample(), AugParams(1.0, (64, 112), (0, 0), False))
+    with pytest.raises(ValueError, match="canvases differ"):
+        collate([out, other])
+
+
+class _Samples(torch.utils.data.Dataset):
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return self.transform(_sample(), generator=torch.Generator().manual_seed(i))
+
+
+def test_a_loader_worker_sends_frames_in_shared_memory():
+    """In a DataLoader worker, collate builds the batch in shared memory (the frames too), so it is
+    sent as a handle; the canvases drawn from it equal those of a batch collated in this process."""
+    from torch.utils.data import DataLoader
+
+    from mtwork.data.memory import loader_worker_init
+
+    dataset = _Samples(TrainTransform((48, 84), render_on_device=True))
+    local = collate([dataset[i] for i in range(4)])
+    (worker,) = list(DataLoader(dataset, batch_size=4, num_workers=1, collate_fn=collate, worker_init_fn=loader_worker_init))
+    assert all(f.is_shared() for f in worker["frames"]) and worker["semseg"].is_shared()
+    a, b = (batch_to_device(x, torch.device("cpu")) for x in (local, worker))
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["semseg"], b["semseg"])
+
+
+@pytest.mark.parametrize("src,dst", [((64, 112), (32, 56)), ((72, 128), (90, 160)), ((60, 100), (60, 37))])
+def test_the_float_resize_used_off_the_cpu_is_within_a_grey_level(src, dst):
+    """CUDA has no uint8 antialiased kernel: there the frame is resized in float32 and rounded. The
+    same filter as the CPU's fixed-point kernel, so at most one level apart (here run on the CPU)."""
+    from mtwork.data.transforms import resize_uint8, resize_uint8_in_float
+
+    frame = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (*src, 3), dtype=np.uint8))
+    exact, rounded = resize_uint8(frame, dst), resize_uint8_in_float(frame, dst)
+    assert rounded.dtype == torch.uint8 and rounded.shape == exact.shape == (3, *dst)
+    assert (exact.int() - rounded.int()).abs().max() <= 1
