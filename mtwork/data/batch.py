@@ -48,8 +48,8 @@ import math
 from typing import Any, Dict, List, Sequence
 
 import torch
-import torch.utils.data
 import torch.nn.functional as F
+import torch.utils.data
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -102,12 +102,13 @@ def collate(samples: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     if all(deferred):
         # frames of different sizes (reduced decodes), rendered by batch_to_device; each one copied
         # into shared memory in a worker, as _stack does
-        batch["frames"] = [f if torch.utils.data.get_worker_info() is None else _batch_tensor(f.shape, f.dtype).copy_(f)
-                           for f in (s["image"] for s in samples)]
+        frames = [s["image"] for s in samples]
+        if any(f.dtype != torch.uint8 or f.dim() != 3 or f.shape[-1] != 3 for f in frames):
+            raise ValueError("collate: frames to render on the device must be (h,w,3) uint8 (mtwork.data.transforms)")
+        in_worker = torch.utils.data.get_worker_info() is not None
+        batch["frames"] = [_batch_tensor(f.shape, f.dtype).copy_(f) if in_worker else f for f in frames]
         batch["image_geometry"] = _stack([s["image_geometry"] for s in samples])
         height, width = (int(v) for v in batch["image_geometry"][0, 6:8])
-        if any(f.dtype != torch.uint8 or f.dim() != 3 or f.shape[-1] != 3 for f in batch["frames"]):
-            raise ValueError("collate: frames to render on the device must be (h,w,3) uint8 (mtwork.data.transforms)")
         if bool((batch["image_geometry"][:, 6:8] != torch.tensor([height, width])).any()):
             raise ValueError("collate: the samples' canvases differ in size")
     else:
