@@ -108,7 +108,7 @@ def collate(samples: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
         in_worker = torch.utils.data.get_worker_info() is not None
         batch["frames"] = [_batch_tensor(f.shape, f.dtype).copy_(f) if in_worker else f for f in frames]
         batch["image_geometry"] = _stack([s["image_geometry"] for s in samples])
-        height, width = (int(v) for v in batch["image_geometry"][0, 6:8])
+        height, width = (int(v) for v in batch["image_geometry"][0, 6:8])  # CanvasGeometry's out_h, out_w
         if bool((batch["image_geometry"][:, 6:8] != torch.tensor([height, width])).any()):
             raise ValueError("collate: the samples' canvases differ in size")
     else:

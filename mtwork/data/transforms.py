@@ -470,14 +470,12 @@ class EvalTransform:
         image = np.asarray(sample["image"])
         h0, w0 = image.shape[:2]
         valid = (h0, w0) if self.size is None else letterbox_size((h0, w0), self.size)
-        canvas = resize_image(image, valid) if valid != (h0, w0) else image_tensor(image)
-        if self.size is not None and valid != self.size:
-            # padding: the mean colour, which batch_to_device's normalisation makes exactly 0 (image_box)
-            padded = torch.tensor(IMAGE_PAD_UINT8, dtype=torch.uint8).view(3, 1, 1).repeat(1, *self.size)
-            padded[:, : valid[0], : valid[1]] = canvas
-            canvas = padded
+        out_h, out_w = valid if self.size is None else self.size
+        # the training geometry with no crop or flip: the image at the top-left, the mean colour (0 after
+        # normalisation) below and to the right
+        letterbox = CanvasGeometry(*valid, 0, 0, *valid, out_h, out_w, 0, 0)
         out: Dict[str, Any] = {
-            "image": canvas,
+            "image": render_image(frame_tensor(image), letterbox),
             "image_box": (0, 0, valid[1], valid[0]),
             "name": sample["name"],
             "orig_size": (h0, w0),
